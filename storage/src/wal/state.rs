@@ -1,0 +1,486 @@
+//! The log's in-memory state, guarded by the one state mutex: where appends go, what is pending
+//! for the writer, live-data accounting, and the overlay of index changes made since the last
+//! checkpoint.
+//!
+//! The apply functions here are the single definition of what a record does. Live appends call
+//! them with the record they just framed; recovery calls them with each record it replays.
+//! Tombstones carry a scope (`segment_max`): they delete only a copy that lies in a segment at or
+//! below it, which keeps a tombstone that compaction moved forward from deleting a newer record
+//! that reuses the key.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::error::{Result, StorageError};
+use crate::fs::LogFile;
+use crate::ids::{Location, Lsn, SegmentId, StreamId};
+use crate::index::{Checkpoint, Index, IndexOp, SegmentLive, StreamLive};
+use crate::record::RecordKind;
+
+/// Bytes framed for one segment and not yet written to its file.
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    pub segment: SegmentId,
+    pub file: Arc<dyn LogFile>,
+    pub offset: u64,
+    pub bytes: Vec<u8>,
+}
+
+impl Chunk {
+    /// The bytes of `location` if this chunk holds them.
+    pub fn slice(&self, location: &Location) -> Option<&[u8]> {
+        if location.segment != self.segment || location.offset < self.offset {
+            return None;
+        }
+        let start = (location.offset - self.offset) as usize;
+        let end = start + location.frame_bytes as usize;
+        self.bytes.get(start..end)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct SegmentState {
+    pub file: Arc<dyn LogFile>,
+    pub live: SegmentLive,
+}
+
+/// Index changes not yet committed to the index: `None` is a deletion.
+#[derive(Debug, Default)]
+pub(crate) struct Overlay {
+    pub messages: BTreeMap<(u64, u64), Option<Location>>,
+    pub kv: BTreeMap<Vec<u8>, Option<(Location, Vec<u8>)>>,
+}
+
+impl Overlay {
+    pub fn len(&self) -> usize {
+        self.messages.len() + self.kv.len()
+    }
+
+    pub fn to_ops(&self) -> Vec<IndexOp> {
+        let mut ops = Vec::with_capacity(self.len());
+        for (&(stream, seq), location) in &self.messages {
+            ops.push(match location {
+                Some(location) => IndexOp::Put {
+                    stream: StreamId(stream),
+                    seq,
+                    location: *location,
+                },
+                None => IndexOp::Remove {
+                    stream: StreamId(stream),
+                    seq,
+                },
+            });
+        }
+        for (key, entry) in &self.kv {
+            ops.push(match entry {
+                Some((location, value)) => IndexOp::KvPut {
+                    key: key.clone(),
+                    location: *location,
+                    value: value.clone(),
+                },
+                None => IndexOp::KvRemove { key: key.clone() },
+            });
+        }
+        ops
+    }
+}
+
+/// A record's meaning, decoded from its kind and payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum LogOp {
+    Put {
+        stream: StreamId,
+        seq: u64,
+    },
+    Delete {
+        stream: StreamId,
+        seq: u64,
+        segment_max: u64,
+    },
+    DeleteRange {
+        stream: StreamId,
+        from: u64,
+        to: u64,
+        segment_max: u64,
+    },
+    KvPut {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    KvDelete {
+        key: Vec<u8>,
+        segment_max: u64,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct RangePayload {
+    to: u64,
+    segment_max: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ScopePayload {
+    segment_max: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KvPutPayload {
+    key: Vec<u8>,
+    value: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KvDeletePayload {
+    key: Vec<u8>,
+    segment_max: u64,
+}
+
+impl LogOp {
+    /// Kind, stream, seq and payload of the record that carries this op. Puts carry the caller's
+    /// payload, which is passed separately.
+    pub fn encode(&self) -> (RecordKind, u64, u64, Vec<u8>) {
+        match self {
+            LogOp::Put { stream, seq } => (RecordKind::Put, stream.0, *seq, Vec::new()),
+            LogOp::Delete {
+                stream,
+                seq,
+                segment_max,
+            } => (
+                RecordKind::Delete,
+                stream.0,
+                *seq,
+                codec::encode(&ScopePayload {
+                    segment_max: *segment_max,
+                }),
+            ),
+            LogOp::DeleteRange {
+                stream,
+                from,
+                to,
+                segment_max,
+            } => (
+                RecordKind::DeleteRange,
+                stream.0,
+                *from,
+                codec::encode(&RangePayload {
+                    to: *to,
+                    segment_max: *segment_max,
+                }),
+            ),
+            LogOp::KvPut { key, value } => (
+                RecordKind::KvPut,
+                StreamId::DEFINITIONS.0,
+                0,
+                codec::encode(&KvPutPayload {
+                    key: key.clone(),
+                    value: value.clone(),
+                }),
+            ),
+            LogOp::KvDelete { key, segment_max } => (
+                RecordKind::KvDelete,
+                StreamId::DEFINITIONS.0,
+                0,
+                codec::encode(&KvDeletePayload {
+                    key: key.clone(),
+                    segment_max: *segment_max,
+                }),
+            ),
+        }
+    }
+
+    pub fn decode(kind: RecordKind, stream: u64, seq: u64, payload: &[u8]) -> Result<LogOp> {
+        let stream = StreamId(stream);
+        Ok(match kind {
+            RecordKind::Put => LogOp::Put { stream, seq },
+            RecordKind::Delete => {
+                let p: ScopePayload = codec::decode(payload, "delete record")?;
+                LogOp::Delete {
+                    stream,
+                    seq,
+                    segment_max: p.segment_max,
+                }
+            }
+            RecordKind::DeleteRange => {
+                let p: RangePayload = codec::decode(payload, "delete-range record")?;
+                LogOp::DeleteRange {
+                    stream,
+                    from: seq,
+                    to: p.to,
+                    segment_max: p.segment_max,
+                }
+            }
+            RecordKind::KvPut => {
+                let p: KvPutPayload = codec::decode(payload, "kv-put record")?;
+                LogOp::KvPut {
+                    key: p.key,
+                    value: p.value,
+                }
+            }
+            RecordKind::KvDelete => {
+                let p: KvDeletePayload = codec::decode(payload, "kv-delete record")?;
+                LogOp::KvDelete {
+                    key: p.key,
+                    segment_max: p.segment_max,
+                }
+            }
+        })
+    }
+}
+
+/// Callback run once a record is durable (or the log failed first).
+pub type DurableCallback = Box<dyn FnOnce(Result<()>) + Send>;
+
+/// Counters for statistics and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalCounters {
+    pub records: u64,
+    pub batches: u64,
+    pub batch_bytes: u64,
+    pub syncs: u64,
+}
+
+pub(crate) struct LogState {
+    pub next_lsn: Lsn,
+    pub durable_lsn: Lsn,
+    pub active: SegmentId,
+    /// Logical end of the active segment, including framed bytes not yet written.
+    pub active_len: u64,
+    pub segments: BTreeMap<SegmentId, SegmentState>,
+    pub streams: HashMap<u64, StreamLive>,
+    pub overlay: Overlay,
+    /// The batch a checkpoint is committing to the index right now.
+    pub frozen: Option<Arc<Overlay>>,
+    pub pending: Vec<Chunk>,
+    pub pending_bytes: usize,
+    pub pending_last_lsn: Lsn,
+    /// Chunks the writer is writing now; readers look here too.
+    pub inflight: Arc<Vec<Chunk>>,
+    pub waiters: Vec<(Lsn, DurableCallback)>,
+    pub spare_buffers: Vec<Vec<u8>>,
+    /// Set when a write or sync failed: the log accepts nothing more.
+    pub failure: Option<&'static str>,
+    pub closed: bool,
+    pub counters: WalCounters,
+}
+
+impl std::fmt::Debug for LogState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogState")
+            .field("next_lsn", &self.next_lsn)
+            .field("durable_lsn", &self.durable_lsn)
+            .field("active", &self.active)
+            .field("active_len", &self.active_len)
+            .field("segments", &self.segments.len())
+            .field("pending_bytes", &self.pending_bytes)
+            .field("failure", &self.failure)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogState {
+    pub fn check_usable(&self) -> Result<()> {
+        if let Some(action) = self.failure {
+            return Err(StorageError::Poisoned {
+                action,
+                durable_lsn: self.durable_lsn,
+            });
+        }
+        if self.closed {
+            return Err(StorageError::Closed);
+        }
+        Ok(())
+    }
+
+    pub fn lookup(
+        &self,
+        index: &dyn Index,
+        stream: StreamId,
+        seq: u64,
+    ) -> Result<Option<Location>> {
+        if let Some(entry) = self.overlay.messages.get(&(stream.0, seq)) {
+            return Ok(*entry);
+        }
+        if let Some(entry) = self
+            .frozen
+            .as_ref()
+            .and_then(|f| f.messages.get(&(stream.0, seq)))
+        {
+            return Ok(*entry);
+        }
+        index.get(stream, seq)
+    }
+
+    pub fn kv_lookup(&self, index: &dyn Index, key: &[u8]) -> Result<Option<(Location, Vec<u8>)>> {
+        if let Some(entry) = self.overlay.kv.get(key) {
+            return Ok(entry.clone());
+        }
+        if let Some(entry) = self.frozen.as_ref().and_then(|f| f.kv.get(key)) {
+            return Ok(entry.clone());
+        }
+        index.kv_get(key)
+    }
+
+    /// Live entries of `stream` with `from <= seq < to`, at most `limit`, merged from the index
+    /// and the overlays.
+    pub fn live_range(
+        &self,
+        index: &dyn Index,
+        stream: StreamId,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Location)>> {
+        if from >= to || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let layers: Vec<&BTreeMap<(u64, u64), Option<Location>>> = self
+            .frozen
+            .iter()
+            .map(|f| &f.messages)
+            .chain(std::iter::once(&self.overlay.messages))
+            .collect();
+        // Deletions in the overlays may hide index entries: ask the index for that many more.
+        let hidden: usize = layers
+            .iter()
+            .map(|layer| {
+                layer
+                    .range((stream.0, from)..(stream.0, to))
+                    .filter(|(_, v)| v.is_none())
+                    .count()
+            })
+            .sum();
+        let mut merged: BTreeMap<u64, Location> = index
+            .range(stream, from, to, limit.saturating_add(hidden))?
+            .into_iter()
+            .collect();
+        for layer in layers {
+            for (&(_, seq), entry) in layer.range((stream.0, from)..(stream.0, to)) {
+                match entry {
+                    Some(location) => merged.insert(seq, *location),
+                    None => merged.remove(&seq),
+                };
+            }
+        }
+        Ok(merged.into_iter().take(limit).collect())
+    }
+
+    fn account(&mut self, stream: u64, location: &Location, live: bool) {
+        let bytes = u64::from(location.frame_bytes);
+        if let Some(segment) = self.segments.get_mut(&location.segment) {
+            if live {
+                segment.live.records += 1;
+                segment.live.bytes += bytes;
+            } else {
+                segment.live.records = segment.live.records.saturating_sub(1);
+                segment.live.bytes = segment.live.bytes.saturating_sub(bytes);
+            }
+        }
+        let entry = self.streams.entry(stream).or_default();
+        if live {
+            entry.records += 1;
+            entry.bytes += bytes;
+        } else {
+            entry.records = entry.records.saturating_sub(1);
+            entry.bytes = entry.bytes.saturating_sub(bytes);
+            if entry.records == 0 {
+                self.streams.remove(&stream);
+            }
+        }
+    }
+
+    fn remove_entry(
+        &mut self,
+        index: &dyn Index,
+        stream: StreamId,
+        seq: u64,
+        scope: u64,
+    ) -> Result<()> {
+        if let Some(previous) = self.lookup(index, stream, seq)? {
+            if previous.segment.0 <= scope {
+                self.account(stream.0, &previous, false);
+                self.overlay.messages.insert((stream.0, seq), None);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the meaning of a record at `location` to the in-memory state.
+    pub fn apply(&mut self, index: &dyn Index, op: &LogOp, location: Location) -> Result<()> {
+        match op {
+            LogOp::Put { stream, seq } => {
+                if let Some(previous) = self.lookup(index, *stream, *seq)? {
+                    self.account(stream.0, &previous, false);
+                }
+                self.account(stream.0, &location, true);
+                self.overlay
+                    .messages
+                    .insert((stream.0, *seq), Some(location));
+            }
+            LogOp::Delete {
+                stream,
+                seq,
+                segment_max,
+            } => {
+                self.remove_entry(index, *stream, *seq, *segment_max)?;
+            }
+            LogOp::DeleteRange {
+                stream,
+                from,
+                to,
+                segment_max,
+            } => {
+                for (seq, _) in self.live_range(index, *stream, *from, *to, usize::MAX)? {
+                    self.remove_entry(index, *stream, seq, *segment_max)?;
+                }
+            }
+            LogOp::KvPut { key, value } => {
+                if let Some((previous, _)) = self.kv_lookup(index, key)? {
+                    self.account(StreamId::DEFINITIONS.0, &previous, false);
+                }
+                self.account(StreamId::DEFINITIONS.0, &location, true);
+                self.overlay
+                    .kv
+                    .insert(key.clone(), Some((location, value.clone())));
+            }
+            LogOp::KvDelete { key, segment_max } => {
+                if let Some((previous, _)) = self.kv_lookup(index, key)? {
+                    if previous.segment.0 <= *segment_max {
+                        self.account(StreamId::DEFINITIONS.0, &previous, false);
+                        self.overlay.kv.insert(key.clone(), None);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The checkpoint describing the state right now (with the overlay about to be frozen).
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            next_lsn: self.next_lsn,
+            segment: self.active.0,
+            offset: self.active_len,
+            segments: self.segments.iter().map(|(id, s)| (id.0, s.live)).collect(),
+            streams: self.streams.iter().map(|(&id, &live)| (id, live)).collect(),
+        }
+    }
+
+    /// Total bytes the segment files occupy (each is preallocated to its full size).
+    pub fn live_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.live.bytes).sum()
+    }
+
+    /// Takes the durable waiters whose records are now durable.
+    pub fn take_ready_waiters(&mut self) -> Vec<(Lsn, DurableCallback)> {
+        let durable = self.durable_lsn;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|(lsn, _)| *lsn <= durable);
+        self.waiters = waiting;
+        ready
+    }
+}

@@ -1,0 +1,111 @@
+//! The group-commit writer: one thread that takes everything pending, writes it with one
+//! positional write per segment touched, fdatasyncs each of those segments once, and completes
+//! every waiter up to the batch's last LSN.
+//!
+//! Batches size themselves: while a sync is in flight, appends accumulate, and the next batch
+//! takes them all; an idle log writes a single record at once. No timer is involved.
+//! A failed write or sync poisons the log (DESIGN.md §4): after a failed fdatasync the kernel may
+//! have dropped the dirty pages, so retrying could report data durable that is not.
+
+use std::sync::Arc;
+
+use super::state::{Chunk, DurableCallback};
+use super::{lock, Shared};
+use crate::error::StorageError;
+use crate::ids::Lsn;
+
+/// Spare buffers kept for reuse, so steady-state appends do not allocate.
+const SPARE_BUFFERS_MAX: usize = 4;
+
+pub(crate) fn run(shared: &Shared) {
+    loop {
+        let (chunks, last_lsn) = {
+            let mut state = lock(&shared.state);
+            while state.pending.is_empty() && !state.closed {
+                state = shared
+                    .writer_wake
+                    .wait(state)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+            if state.pending.is_empty() {
+                return; // closed and drained
+            }
+            let chunks = Arc::new(std::mem::take(&mut state.pending));
+            state.inflight = chunks.clone();
+            state.pending_bytes = 0;
+            (chunks, state.pending_last_lsn)
+        };
+        shared.progress.notify_all(); // room for more pending bytes
+        let bytes: usize = chunks.iter().map(|c| c.bytes.len()).sum();
+        let outcome = write_and_sync(shared, &chunks);
+        let callbacks: Vec<(Lsn, DurableCallback)>;
+        let failed_action;
+        {
+            let mut state = lock(&shared.state);
+            state.inflight = Arc::new(Vec::new());
+            match outcome {
+                Ok(syncs) => {
+                    state.durable_lsn = last_lsn;
+                    state.counters.batches += 1;
+                    state.counters.batch_bytes += bytes as u64;
+                    state.counters.syncs += syncs;
+                    callbacks = state.take_ready_waiters();
+                    failed_action = None;
+                }
+                Err(action) => {
+                    state.failure = Some(action);
+                    callbacks = std::mem::take(&mut state.waiters);
+                    failed_action = Some((action, state.durable_lsn));
+                }
+            }
+            if let Ok(chunks) = Arc::try_unwrap(chunks) {
+                for chunk in chunks {
+                    if state.spare_buffers.len() < SPARE_BUFFERS_MAX {
+                        let mut buffer = chunk.bytes;
+                        buffer.clear();
+                        state.spare_buffers.push(buffer);
+                    }
+                }
+            }
+        }
+        shared.progress.notify_all();
+        for (_, callback) in callbacks {
+            match failed_action {
+                None => callback(Ok(())),
+                Some((action, durable_lsn)) => callback(Err(StorageError::Poisoned {
+                    action,
+                    durable_lsn,
+                })),
+            }
+        }
+        if failed_action.is_some() {
+            return;
+        }
+    }
+}
+
+/// Writes every chunk, then syncs every segment written. Returns the number of syncs.
+fn write_and_sync(shared: &Shared, chunks: &[Chunk]) -> Result<u64, &'static str> {
+    for chunk in chunks {
+        if let Err(error) = chunk.file.write_all_at(&chunk.bytes, chunk.offset) {
+            tracing::error!(segment = chunk.segment.0, offset = chunk.offset, %error,
+                dir = %shared.config.dir.display(), "log write failed; the log is poisoned");
+            return Err("write");
+        }
+    }
+    let mut syncs = 0;
+    let mut last_synced = None;
+    for chunk in chunks {
+        if last_synced == Some(chunk.segment) {
+            continue;
+        }
+        if let Err(error) = chunk.file.sync_data() {
+            tracing::error!(segment = chunk.segment.0, %error,
+                dir = %shared.config.dir.display(), "log fdatasync failed; the log is poisoned");
+            return Err("fdatasync");
+        }
+        syncs += 1;
+        last_synced = Some(chunk.segment);
+    }
+    Ok(syncs)
+}
