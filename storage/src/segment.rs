@@ -200,7 +200,7 @@ mod tests {
             decode_header(&record(5), MAX).is_err(),
             "a record is not a header"
         );
-        assert!(decode_header(&vec![0u8; 64], MAX).is_err());
+        assert!(decode_header(&[0u8; 64], MAX).is_err());
     }
 
     #[test]
@@ -253,6 +253,6 @@ mod tests {
         let mut buf = vec![0xFFu8; 24]; // garbage, then a valid frame at an aligned offset
         buf.extend(record(9));
         assert_eq!(max_durable_claim(&buf, 0, MAX), Some(Lsn(8)));
-        assert_eq!(max_durable_claim(&vec![0u8; 512], 0, MAX), None);
+        assert_eq!(max_durable_claim(&[0u8; 512], 0, MAX), None);
     }
 }

@@ -84,7 +84,8 @@ impl WalConfig {
         Ok(())
     }
 
-    pub(crate) fn segment_path(&self, segment: SegmentId) -> PathBuf {
+    /// The path of a segment file.
+    pub fn segment_path(&self, segment: SegmentId) -> PathBuf {
         self.dir.join(segment.file_name())
     }
 }

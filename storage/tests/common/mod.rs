@@ -111,3 +111,17 @@ pub fn payload(stream: u64, seq: u64, len: usize) -> Vec<u8> {
     out.resize(len.max(out.len()), (seq % 251) as u8);
     out
 }
+
+/// Prints the seed if the test panics while this is alive, so the failure can be replayed.
+pub struct SeedReport(pub u64);
+
+impl Drop for SeedReport {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "failing seed: replay with SEED={} cargo test -p warren-storage",
+                self.0
+            );
+        }
+    }
+}
