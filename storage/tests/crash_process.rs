@@ -45,18 +45,24 @@ fn payload(stream: u64, seq: u64) -> Vec<u8> {
 #[test]
 #[ignore = "run as a child process by process_crash_keeps_every_durable_record"]
 fn child_writer() {
-    let Ok(dir) = std::env::var(CHILD_DIR_VAR) else { return };
+    let Ok(dir) = std::env::var(CHILD_DIR_VAR) else {
+        return;
+    };
     let wal = Arc::new(Wal::open_dir(config(Path::new(&dir))).expect("child: open"));
     let out = Arc::new(Mutex::new(std::io::LineWriter::new(std::io::stdout())));
     let threads: Vec<_> = (1..=WRITERS)
         .map(|stream| {
             let (wal, out) = (wal.clone(), out.clone());
             std::thread::spawn(move || {
-                let existing = wal.read_stream(StreamId(stream), 0, usize::MAX).expect("child: read");
+                let existing = wal
+                    .read_stream(StreamId(stream), 0, usize::MAX)
+                    .expect("child: read");
                 let mut acked_upto = existing.first().map(|(seq, _)| *seq).unwrap_or(0);
                 let mut seq = existing.last().map(|(seq, _)| seq + 1).unwrap_or(0);
                 loop {
-                    let receipt = wal.append(StreamId(stream), seq, &payload(stream, seq)).expect("child: append");
+                    let receipt = wal
+                        .append(StreamId(stream), seq, &payload(stream, seq))
+                        .expect("child: append");
                     let printer = out.clone();
                     wal.on_durable(
                         receipt.lsn,
@@ -69,14 +75,18 @@ fn child_writer() {
                     seq += 1;
                     while acked_upto + ACK_LAG < seq {
                         let _ = writeln!(out.lock().unwrap(), "I {stream} {acked_upto}");
-                        if let Some(lsn) = wal.delete(StreamId(stream), acked_upto).expect("child: delete") {
+                        if let Some(lsn) = wal
+                            .delete(StreamId(stream), acked_upto)
+                            .expect("child: delete")
+                        {
                             let printer = out.clone();
                             let acked = acked_upto;
                             wal.on_durable(
                                 lsn,
                                 Box::new(move |result| {
                                     if result.is_ok() {
-                                        let _ = writeln!(printer.lock().unwrap(), "A {stream} {acked}");
+                                        let _ =
+                                            writeln!(printer.lock().unwrap(), "A {stream} {acked}");
                                     }
                                 }),
                             );
@@ -105,10 +115,18 @@ struct Reported {
 
 #[test]
 fn process_crash_keeps_every_durable_record() {
-    let iterations: usize =
-        std::env::var("WARREN_CRASH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(12);
-    let seconds: u64 = std::env::var("WARREN_CRASH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
-    let seed: u64 = std::env::var("SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(rand::random);
+    let iterations: usize = std::env::var("WARREN_CRASH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12);
+    let seconds: u64 = std::env::var("WARREN_CRASH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let seed: u64 = std::env::var("SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random);
     eprintln!("process crash test: SEED={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
@@ -122,7 +140,13 @@ fn process_crash_keeps_every_durable_record() {
             break;
         }
         let mut child = Command::new(&exe)
-            .args(["--exact", "child_writer", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "child_writer",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_DIR_VAR, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -146,10 +170,13 @@ fn process_crash_keeps_every_durable_record() {
         let lines = reader.join().unwrap();
         for line in &lines {
             let mut parts = line.split(' ');
-            let (Some(kind), Some(stream), Some(seq)) = (parts.next(), parts.next(), parts.next()) else {
+            let (Some(kind), Some(stream), Some(seq)) = (parts.next(), parts.next(), parts.next())
+            else {
                 continue;
             };
-            let (Ok(stream), Ok(seq)) = (stream.parse::<u64>(), seq.parse::<u64>()) else { continue };
+            let (Ok(stream), Ok(seq)) = (stream.parse::<u64>(), seq.parse::<u64>()) else {
+                continue;
+            };
             let entry = reported.entry(stream).or_default();
             match kind {
                 "D" => {
@@ -169,10 +196,18 @@ fn process_crash_keeps_every_durable_record() {
             let seqs: Vec<u64> = live.iter().map(|(seq, _)| *seq).collect();
             let context = format!("iteration {iteration} (SEED={seed}) stream {stream}");
             if let (Some(first), Some(last)) = (seqs.first(), seqs.last()) {
-                assert_eq!(seqs.len() as u64, last - first + 1, "{context}: gap in {first}..={last}");
+                assert_eq!(
+                    seqs.len() as u64,
+                    last - first + 1,
+                    "{context}: gap in {first}..={last}"
+                );
             }
             for (seq, record) in &live {
-                assert_eq!(record, &payload(stream, *seq), "{context}: record {seq} has wrong bytes");
+                assert_eq!(
+                    record,
+                    &payload(stream, *seq),
+                    "{context}: record {seq} has wrong bytes"
+                );
             }
             let r = reported.get(&stream).copied().unwrap_or_default();
             if let Some(durable) = r.durable_max {
@@ -188,11 +223,20 @@ fn process_crash_keeps_every_durable_record() {
                 }
             }
             if let Some(acked) = r.acked_max {
-                assert!(seqs.first().is_none_or(|f| *f > acked), "{context}: acked record {acked} came back");
+                assert!(
+                    seqs.first().is_none_or(|f| *f > acked),
+                    "{context}: acked record {acked} came back"
+                );
             }
         }
         drop(wal);
     }
-    eprintln!("process crash test: {total_durable} durability reports checked over {:?}", started.elapsed());
-    assert!(total_durable > 0, "the child never reported a durable record");
+    eprintln!(
+        "process crash test: {total_durable} durability reports checked over {:?}",
+        started.elapsed()
+    );
+    assert!(
+        total_durable > 0,
+        "the child never reported a durable record"
+    );
 }

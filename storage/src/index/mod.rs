@@ -30,6 +30,9 @@ pub struct SegmentLive {
 pub struct StreamLive {
     pub records: u64,
     pub bytes: u64,
+    /// An upper bound of the stream's live seqs: a put above it replaces nothing, so it needs
+    /// no index lookup (queues and raft logs append in increasing seq order).
+    pub seq_bound: u64,
 }
 
 /// The state of the index relative to the log: every record with `lsn < next_lsn` is reflected;

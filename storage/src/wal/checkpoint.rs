@@ -11,6 +11,7 @@
 //! 4. Under the state lock: drop the frozen overlay. If the commit failed, fold it back under the
 //!    newer changes, so nothing is lost and the next checkpoint retries.
 
+use std::collections::btree_map::Entry;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,8 +39,17 @@ pub(crate) fn checkpoint_serialized(shared: &Shared) -> Result<()> {
             messages: shared.messages.clone(),
             kv: shared.kv.clone(),
         });
-        for (key, entry) in messages {
-            state.overlay.messages.entry(key).or_insert(entry);
+        for (key, frozen_slot) in messages {
+            // The newer slot now sits directly on the index: what the index lacks is what the
+            // frozen slot said its own base lacked.
+            match state.overlay.messages.entry(key) {
+                Entry::Vacant(vacant) => {
+                    vacant.insert(frozen_slot);
+                }
+                Entry::Occupied(mut occupied) => {
+                    occupied.get_mut().base_absent = frozen_slot.base_absent
+                }
+            }
         }
         for (key, entry) in kv {
             state.overlay.kv.entry(key).or_insert(entry);

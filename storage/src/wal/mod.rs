@@ -61,7 +61,7 @@ impl WalConfig {
             checkpoint_interval_ms: 2_000,
             compaction_dead_ratio: 0.5,
             background_maintenance: true,
-            index_cache_bytes: 64 << 20,
+            index_cache_bytes: 16 << 20,
         }
     }
 
@@ -451,7 +451,8 @@ impl Wal {
     }
 
     /// Runs `callback` once record `lsn` is durable, or with the error that prevented it. It
-    /// runs on the writer thread (or at once, here, if already decided): keep it short.
+    /// runs on the writer thread (or at once, here, if already decided): keep it short, and
+    /// never wait on this log from it.
     pub fn on_durable(&self, lsn: Lsn, callback: DurableCallback) {
         let mut state = lock(&self.shared.state);
         if lsn <= state.durable_lsn {
@@ -553,7 +554,10 @@ impl Wal {
         self.append_locked(&mut state, op, payload)
     }
 
-    /// Takes the state lock once there is room for `payload_bytes` more pending bytes.
+    /// Takes the state lock once there is room for `payload_bytes` more pending bytes and the
+    /// overlay of index changes is below its hard limit (twice `checkpoint_ops_max`). Past that
+    /// limit the appender runs the checkpoint itself: backpressure that keeps memory bounded
+    /// when the index falls behind.
     fn lock_for_append(&self, payload_bytes: usize) -> Result<MutexGuard<'_, LogState>> {
         let config = &self.shared.config;
         if payload_bytes > config.record_bytes_max {
@@ -565,6 +569,12 @@ impl Wal {
         let mut state = lock(&self.shared.state);
         loop {
             state.check_usable()?;
+            if state.overlay.len() >= 2 * config.checkpoint_ops_max {
+                drop(state);
+                self.checkpoint()?;
+                state = lock(&self.shared.state);
+                continue;
+            }
             if state.pending_bytes == 0
                 || state.pending_bytes + payload_bytes <= config.pending_bytes_max
             {
@@ -658,7 +668,10 @@ pub(crate) fn frame_locked(
     state.pending_last_lsn = header.lsn;
     state.next_lsn = Lsn(header.lsn.0 + 1);
     state.counters.records += 1;
-    shared.writer_wake.notify_one();
+    if state.writer_idle {
+        state.writer_idle = false;
+        shared.writer_wake.notify_one();
+    }
     Ok(Receipt {
         lsn: header.lsn,
         location: Location {

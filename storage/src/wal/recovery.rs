@@ -146,6 +146,7 @@ impl Recovery<'_> {
             spare_buffers: Vec::new(),
             failure: None,
             closed: false,
+            writer_idle: false,
             counters: WalCounters::default(),
         }
     }

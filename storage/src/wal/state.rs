@@ -47,10 +47,21 @@ pub(crate) struct SegmentState {
     pub live: SegmentLive,
 }
 
+/// One stream record's change since the last checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Slot {
+    /// Where the record is now; `None` once deleted.
+    pub location: Option<Location>,
+    /// True if the layers below this overlay (the frozen overlay, then the index) hold no entry
+    /// for the key: a record put and deleted since then needs no index change at all, which is
+    /// the steady state of a queue whose messages are acked between two checkpoints.
+    pub base_absent: bool,
+}
+
 /// Index changes not yet committed to the index: `None` is a deletion.
 #[derive(Debug, Default)]
 pub(crate) struct Overlay {
-    pub messages: BTreeMap<(u64, u64), Option<Location>>,
+    pub messages: BTreeMap<(u64, u64), Slot>,
     pub kv: BTreeMap<Vec<u8>, Option<(Location, Vec<u8>)>>,
 }
 
@@ -61,12 +72,12 @@ impl Overlay {
 
     pub fn to_ops(&self) -> Vec<IndexOp> {
         let mut ops = Vec::with_capacity(self.len());
-        for (&(stream, seq), location) in &self.messages {
-            ops.push(match location {
+        for (&(stream, seq), slot) in &self.messages {
+            ops.push(match slot.location {
                 Some(location) => IndexOp::Put {
                     stream: StreamId(stream),
                     seq,
-                    location: *location,
+                    location,
                 },
                 None => IndexOp::Remove {
                     stream: StreamId(stream),
@@ -264,6 +275,9 @@ pub(crate) struct LogState {
     /// Set when a write or sync failed: the log accepts nothing more.
     pub failure: Option<&'static str>,
     pub closed: bool,
+    /// The writer is waiting for work: only then does an append need to wake it (a condvar
+    /// notify is a syscall, too dear to pay on every append).
+    pub writer_idle: bool,
     pub counters: WalCounters,
 }
 
@@ -301,15 +315,24 @@ impl LogState {
         stream: StreamId,
         seq: u64,
     ) -> Result<Option<Location>> {
-        if let Some(entry) = self.overlay.messages.get(&(stream.0, seq)) {
-            return Ok(*entry);
+        if let Some(slot) = self.overlay.messages.get(&(stream.0, seq)) {
+            return Ok(slot.location);
         }
-        if let Some(entry) = self
+        self.lookup_below_overlay(index, stream, seq)
+    }
+
+    fn lookup_below_overlay(
+        &self,
+        index: &dyn Index,
+        stream: StreamId,
+        seq: u64,
+    ) -> Result<Option<Location>> {
+        if let Some(slot) = self
             .frozen
             .as_ref()
             .and_then(|f| f.messages.get(&(stream.0, seq)))
         {
-            return Ok(*entry);
+            return Ok(slot.location);
         }
         index.get(stream, seq)
     }
@@ -337,7 +360,7 @@ impl LogState {
         if from >= to || limit == 0 {
             return Ok(Vec::new());
         }
-        let layers: Vec<&BTreeMap<(u64, u64), Option<Location>>> = self
+        let layers: Vec<&BTreeMap<(u64, u64), Slot>> = self
             .frozen
             .iter()
             .map(|f| &f.messages)
@@ -349,7 +372,7 @@ impl LogState {
             .map(|layer| {
                 layer
                     .range((stream.0, from)..(stream.0, to))
-                    .filter(|(_, v)| v.is_none())
+                    .filter(|(_, slot)| slot.location.is_none())
                     .count()
             })
             .sum();
@@ -358,9 +381,9 @@ impl LogState {
             .into_iter()
             .collect();
         for layer in layers {
-            for (&(_, seq), entry) in layer.range((stream.0, from)..(stream.0, to)) {
-                match entry {
-                    Some(location) => merged.insert(seq, *location),
+            for (&(_, seq), slot) in layer.range((stream.0, from)..(stream.0, to)) {
+                match slot.location {
+                    Some(location) => merged.insert(seq, location),
                     None => merged.remove(&seq),
                 };
             }
@@ -368,7 +391,7 @@ impl LogState {
         Ok(merged.into_iter().take(limit).collect())
     }
 
-    fn account(&mut self, stream: u64, location: &Location, live: bool) {
+    fn account(&mut self, stream: u64, seq: u64, location: &Location, live: bool) {
         let bytes = u64::from(location.frame_bytes);
         if let Some(segment) = self.segments.get_mut(&location.segment) {
             if live {
@@ -383,6 +406,7 @@ impl LogState {
         if live {
             entry.records += 1;
             entry.bytes += bytes;
+            entry.seq_bound = entry.seq_bound.max(seq);
         } else {
             entry.records = entry.records.saturating_sub(1);
             entry.bytes = entry.bytes.saturating_sub(bytes);
@@ -399,27 +423,79 @@ impl LogState {
         seq: u64,
         scope: u64,
     ) -> Result<()> {
-        if let Some(previous) = self.lookup(index, stream, seq)? {
-            if previous.segment.0 <= scope {
-                self.account(stream.0, &previous, false);
-                self.overlay.messages.insert((stream.0, seq), None);
+        let key = (stream.0, seq);
+        let slot = self.overlay.messages.get(&key).copied();
+        let previous = match slot {
+            Some(slot) => slot.location,
+            None => self.lookup_below_overlay(index, stream, seq)?,
+        };
+        let Some(previous) = previous.filter(|p| p.segment.0 <= scope) else {
+            return Ok(());
+        };
+        self.account(stream.0, seq, &previous, false);
+        match slot {
+            // Put and deleted since the layers below last heard of it: nothing to tell them.
+            Some(Slot {
+                base_absent: true, ..
+            }) => {
+                self.overlay.messages.remove(&key);
+            }
+            _ => {
+                self.overlay.messages.insert(
+                    key,
+                    Slot {
+                        location: None,
+                        base_absent: false,
+                    },
+                );
             }
         }
+        Ok(())
+    }
+
+    fn put_entry(
+        &mut self,
+        index: &dyn Index,
+        stream: StreamId,
+        seq: u64,
+        location: Location,
+    ) -> Result<()> {
+        let key = (stream.0, seq);
+        let slot = self.overlay.messages.get(&key).copied();
+        let (previous, base_absent) = match slot {
+            Some(slot) => (slot.location, slot.base_absent),
+            None => {
+                // Above the stream's bound nothing can be replaced, in any layer.
+                let may_exist = self
+                    .streams
+                    .get(&stream.0)
+                    .is_some_and(|s| seq <= s.seq_bound);
+                let previous = if may_exist {
+                    self.lookup_below_overlay(index, stream, seq)?
+                } else {
+                    None
+                };
+                (previous, previous.is_none())
+            }
+        };
+        if let Some(previous) = previous {
+            self.account(stream.0, seq, &previous, false);
+        }
+        self.account(stream.0, seq, &location, true);
+        self.overlay.messages.insert(
+            key,
+            Slot {
+                location: Some(location),
+                base_absent,
+            },
+        );
         Ok(())
     }
 
     /// Applies the meaning of a record at `location` to the in-memory state.
     pub fn apply(&mut self, index: &dyn Index, op: &LogOp, location: Location) -> Result<()> {
         match op {
-            LogOp::Put { stream, seq } => {
-                if let Some(previous) = self.lookup(index, *stream, *seq)? {
-                    self.account(stream.0, &previous, false);
-                }
-                self.account(stream.0, &location, true);
-                self.overlay
-                    .messages
-                    .insert((stream.0, *seq), Some(location));
-            }
+            LogOp::Put { stream, seq } => self.put_entry(index, *stream, *seq, location)?,
             LogOp::Delete {
                 stream,
                 seq,
@@ -439,9 +515,9 @@ impl LogState {
             }
             LogOp::KvPut { key, value } => {
                 if let Some((previous, _)) = self.kv_lookup(index, key)? {
-                    self.account(StreamId::DEFINITIONS.0, &previous, false);
+                    self.account(StreamId::DEFINITIONS.0, 0, &previous, false);
                 }
-                self.account(StreamId::DEFINITIONS.0, &location, true);
+                self.account(StreamId::DEFINITIONS.0, 0, &location, true);
                 self.overlay
                     .kv
                     .insert(key.clone(), Some((location, value.clone())));
@@ -449,7 +525,7 @@ impl LogState {
             LogOp::KvDelete { key, segment_max } => {
                 if let Some((previous, _)) = self.kv_lookup(index, key)? {
                     if previous.segment.0 <= *segment_max {
-                        self.account(StreamId::DEFINITIONS.0, &previous, false);
+                        self.account(StreamId::DEFINITIONS.0, 0, &previous, false);
                         self.overlay.kv.insert(key.clone(), None);
                     }
                 }

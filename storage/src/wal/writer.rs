@@ -14,19 +14,23 @@ use super::{lock, Shared};
 use crate::error::StorageError;
 use crate::ids::Lsn;
 
-/// Spare buffers kept for reuse, so steady-state appends do not allocate.
+/// Spare buffers kept for reuse, so steady-state appends do not allocate; larger ones (left by
+/// a burst) are freed rather than kept.
 const SPARE_BUFFERS_MAX: usize = 4;
+const SPARE_BUFFER_BYTES_MAX: usize = 4 << 20;
 
 pub(crate) fn run(shared: &Shared) {
     loop {
         let (chunks, last_lsn) = {
             let mut state = lock(&shared.state);
             while state.pending.is_empty() && !state.closed {
+                state.writer_idle = true;
                 state = shared
                     .writer_wake
                     .wait(state)
                     .unwrap_or_else(|p| p.into_inner());
             }
+            state.writer_idle = false;
             if state.pending.is_empty() {
                 return; // closed and drained
             }
@@ -60,7 +64,9 @@ pub(crate) fn run(shared: &Shared) {
             }
             if let Ok(chunks) = Arc::try_unwrap(chunks) {
                 for chunk in chunks {
-                    if state.spare_buffers.len() < SPARE_BUFFERS_MAX {
+                    if state.spare_buffers.len() < SPARE_BUFFERS_MAX
+                        && chunk.bytes.capacity() <= SPARE_BUFFER_BYTES_MAX
+                    {
                         let mut buffer = chunk.bytes;
                         buffer.clear();
                         state.spare_buffers.push(buffer);
