@@ -51,6 +51,8 @@ pub trait FileSystem: Send + Sync + Debug {
     /// Creates a new file; fails if it already exists.
     fn create(&self, path: &Path) -> io::Result<Arc<dyn LogFile>>;
     fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Renames a file (durable after `sync_dir`); open handles stay valid.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes the directory's entries (creations, removals) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 }

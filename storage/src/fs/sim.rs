@@ -405,6 +405,17 @@ impl FileSystem for SimFs {
         }
     }
 
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut state = self.state();
+        match state.visible.remove(from) {
+            Some(file) => {
+                state.visible.insert(to.to_path_buf(), file);
+                Ok(())
+            }
+            None => Err(io::Error::from(io::ErrorKind::NotFound)),
+        }
+    }
+
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut state = self.state();
         let state = &mut *state;

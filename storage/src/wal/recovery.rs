@@ -147,6 +147,7 @@ impl Recovery<'_> {
             failure: None,
             closed: false,
             writer_idle: false,
+            prepared: None,
             counters: WalCounters::default(),
         }
     }

@@ -275,6 +275,8 @@ pub(crate) struct LogState {
     /// Set when a write or sync failed: the log accepts nothing more.
     pub failure: Option<&'static str>,
     pub closed: bool,
+    /// The next segment, zero-filled ahead of time by the preparer.
+    pub prepared: Option<super::preparer::Prepared>,
     /// The writer is waiting for work: only then does an append need to wake it (a condvar
     /// notify is a syscall, too dear to pay on every append).
     pub writer_idle: bool,

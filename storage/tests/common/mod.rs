@@ -16,6 +16,9 @@ pub fn small_config(dir: impl Into<PathBuf>) -> WalConfig {
     config.pending_bytes_max = 64 * 1024;
     config.checkpoint_ops_max = 64;
     config.background_maintenance = false;
+    // The preparer thread would make the simulated disk's contents depend on thread timing;
+    // seeded tests must replay exactly. `tests/wal.rs` covers preparation on its own.
+    config.prepare_segments = false;
     config
 }
 
