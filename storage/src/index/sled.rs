@@ -162,7 +162,35 @@ impl Index for SledIndex {
     }
 
     fn get(&self, stream: StreamId, seq: u64) -> Result<Option<Location>> {
-        Ok(self.block(stream, seq / BLOCK_SEQS)?.remove(&seq))
+        let key = block_key(stream, seq / BLOCK_SEQS);
+        let Some(bytes) = self.db.get(key).map_err(|e| index_error("reading", e))? else {
+            return Ok(None);
+        };
+        if bytes.len() % ENTRY_BYTES != 0 {
+            return Err(bad_value("block length is not a whole number of entries"));
+        }
+        // Entries are sorted by seq: binary search the raw bytes, no decoding of the block.
+        let entries = bytes.len() / ENTRY_BYTES;
+        let seq_at = |i: usize| {
+            u64::from_be_bytes(
+                bytes[i * ENTRY_BYTES..i * ENTRY_BYTES + 8]
+                    .try_into()
+                    .expect("8 bytes"),
+            )
+        };
+        let (mut low, mut high) = (0, entries);
+        while low < high {
+            let middle = (low + high) / 2;
+            match seq_at(middle).cmp(&seq) {
+                std::cmp::Ordering::Less => low = middle + 1,
+                std::cmp::Ordering::Greater => high = middle,
+                std::cmp::Ordering::Equal => {
+                    let at = middle * ENTRY_BYTES + 8;
+                    return decode_location(&bytes[at..at + Location::ENCODED_BYTES]).map(Some);
+                }
+            }
+        }
+        Ok(None)
     }
 
     fn range(

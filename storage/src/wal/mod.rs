@@ -53,6 +53,9 @@ pub struct WalConfig {
     /// that were only fallocated makes each fdatasync also convert extents, which on ext4
     /// roughly doubles its cost for multi-page batches.
     pub prepare_segments: bool,
+    /// Longest time the writer waits, under load only, for a batch to fill (see `wal/writer.rs`);
+    /// 0 disables the wait.
+    pub group_commit_wait_us_max: u64,
 }
 
 impl WalConfig {
@@ -68,6 +71,7 @@ impl WalConfig {
             background_maintenance: true,
             index_cache_bytes: 16 << 20,
             prepare_segments: true,
+            group_commit_wait_us_max: 500,
         }
     }
 
@@ -684,10 +688,11 @@ pub(crate) fn frame_locked(
     record::encode_into(&mut chunk.bytes, &header, payload);
     state.active_len += frame_bytes;
     state.pending_bytes += frame_bytes as usize;
+    state.pending_records += 1;
     state.pending_last_lsn = header.lsn;
     state.next_lsn = Lsn(header.lsn.0 + 1);
     state.counters.records += 1;
-    if state.writer_idle {
+    if state.writer_idle && state.pending_records >= state.writer_wake_at {
         state.writer_idle = false;
         shared.writer_wake.notify_one();
     }

@@ -140,6 +140,7 @@ impl Recovery<'_> {
             frozen: None,
             pending: Vec::new(),
             pending_bytes: 0,
+            pending_records: 0,
             pending_last_lsn: Lsn(0),
             inflight: Arc::new(Vec::new()),
             waiters: Vec::new(),
@@ -147,6 +148,7 @@ impl Recovery<'_> {
             failure: None,
             closed: false,
             writer_idle: false,
+            writer_wake_at: 1,
             prepared: None,
             counters: WalCounters::default(),
         }

@@ -267,6 +267,7 @@ pub(crate) struct LogState {
     pub frozen: Option<Arc<Overlay>>,
     pub pending: Vec<Chunk>,
     pub pending_bytes: usize,
+    pub pending_records: u64,
     pub pending_last_lsn: Lsn,
     /// Chunks the writer is writing now; readers look here too.
     pub inflight: Arc<Vec<Chunk>>,
@@ -280,6 +281,9 @@ pub(crate) struct LogState {
     /// The writer is waiting for work: only then does an append need to wake it (a condvar
     /// notify is a syscall, too dear to pay on every append).
     pub writer_idle: bool,
+    /// While idle, the writer wants waking once this many records are pending (1 when it waits
+    /// for any work; more while it gathers a batch).
+    pub writer_wake_at: u64,
     pub counters: WalCounters,
 }
 

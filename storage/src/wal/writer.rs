@@ -3,13 +3,15 @@
 //! every waiter up to the batch's last LSN.
 //!
 //! Batches size themselves: while a sync is in flight, appends accumulate, and the next batch
-//! takes them all; an idle log writes a single record at once. No timer is involved.
+//! takes them all; an idle log writes a single record at once. Only under load does the writer
+//! wait, briefly and bounded by the last sync's duration, for a batch to fill (see `gather`).
 //! A failed write or sync poisons the log (DESIGN.md §4): after a failed fdatasync the kernel may
 //! have dropped the dirty pages, so retrying could report data durable that is not.
 
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
+use std::time::{Duration, Instant};
 
-use super::state::{Chunk, DurableCallback};
+use super::state::{Chunk, DurableCallback, LogState};
 use super::{lock, Shared};
 use crate::error::StorageError;
 use crate::ids::Lsn;
@@ -20,8 +22,12 @@ const SPARE_BUFFERS_MAX: usize = 4;
 const SPARE_BUFFER_BYTES_MAX: usize = 4 << 20;
 
 pub(crate) fn run(shared: &Shared) {
+    // Records in the last batch, and how long its write and sync took: under load the next
+    // batch waits (briefly) to be as large, see `gather`.
+    let mut last_batch_records = 0u64;
+    let mut last_sync = Duration::ZERO;
     loop {
-        let (chunks, last_lsn) = {
+        let (chunks, last_lsn, records) = {
             let mut state = lock(&shared.state);
             while state.pending.is_empty() && !state.closed {
                 state.writer_idle = true;
@@ -34,14 +40,19 @@ pub(crate) fn run(shared: &Shared) {
             if state.pending.is_empty() {
                 return; // closed and drained
             }
+            state = gather(shared, state, last_batch_records, last_sync);
             let chunks = Arc::new(std::mem::take(&mut state.pending));
             state.inflight = chunks.clone();
             state.pending_bytes = 0;
-            (chunks, state.pending_last_lsn)
+            let records = std::mem::take(&mut state.pending_records);
+            (chunks, state.pending_last_lsn, records)
         };
         shared.progress.notify_all(); // room for more pending bytes
         let bytes: usize = chunks.iter().map(|c| c.bytes.len()).sum();
+        let started = Instant::now();
         let outcome = write_and_sync(shared, &chunks);
+        last_sync = started.elapsed();
+        last_batch_records = records;
         let callbacks: Vec<(Lsn, DurableCallback)>;
         let failed_action;
         {
@@ -88,6 +99,39 @@ pub(crate) fn run(shared: &Shared) {
             return;
         }
     }
+}
+
+/// Under load, lets the batch fill up before writing it. When the last batch carried several
+/// records, their appenders are busy re-issuing right after their completions; a writer that
+/// took the first of them at once would sync a tiny batch and leave the rest to wait a whole
+/// sync. So it waits until as many records are pending as the last batch had, or half the last
+/// sync time has passed, whichever comes first (and never longer than `group_commit_wait_us_max`).
+/// After a single-record batch (an idle or lone appender) it never waits.
+fn gather<'a>(
+    shared: &'a Shared,
+    mut state: MutexGuard<'a, LogState>,
+    last_batch_records: u64,
+    last_sync: Duration,
+) -> MutexGuard<'a, LogState> {
+    let wait_max = Duration::from_micros(shared.config.group_commit_wait_us_max);
+    if last_batch_records <= 1 || wait_max.is_zero() {
+        return state;
+    }
+    let deadline = Instant::now() + (last_sync / 2).min(wait_max);
+    while state.pending_records < last_batch_records && !state.closed {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        state.writer_idle = true;
+        state = shared
+            .writer_wake
+            .wait_timeout(state, deadline - now)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+    state.writer_idle = false;
+    state
 }
 
 /// Writes every chunk, then syncs every segment written. Returns the number of syncs.
