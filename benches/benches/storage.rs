@@ -177,6 +177,7 @@ fn compaction(c: &mut Criterion) {
                 let dir = bench_dir();
                 let mut config = config(dir.path());
                 config.segment_bytes_max = 8 << 20;
+                config.record_bytes_max = 1 << 20;
                 config.background_maintenance = false;
                 let wal = Wal::open_dir(config).unwrap();
                 let payload = vec![4u8; 1024 - 48];

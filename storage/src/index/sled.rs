@@ -72,6 +72,8 @@ fn decode_location(bytes: &[u8]) -> Result<Location> {
 }
 
 type Block = BTreeMap<u64, Location>;
+/// Changes to one block, by seq: a new location or a removal.
+type BlockChanges = Vec<(u64, Option<Location>)>;
 
 fn decode_block(bytes: &[u8]) -> Result<Block> {
     if bytes.len() % ENTRY_BYTES != 0 {
@@ -260,7 +262,7 @@ impl Index for SledIndex {
         };
         insert(COMMIT_IN_PROGRESS_KEY, Vec::new())?;
         // Group stream changes by block: one read and one write per changed block.
-        let mut blocks: BTreeMap<(u64, u64), Vec<(u64, Option<Location>)>> = BTreeMap::new();
+        let mut blocks: BTreeMap<(u64, u64), BlockChanges> = BTreeMap::new();
         for op in ops {
             match op {
                 IndexOp::Put {

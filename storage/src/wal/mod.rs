@@ -217,40 +217,32 @@ impl Wal {
             maintenance: Mutex::new(()),
             prepare_wake: Condvar::new(),
         });
-        let mut threads = Vec::new();
-        let writer_shared = shared.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("wal-writer".into())
-                .spawn(move || writer::run(&writer_shared))
-                .map_err(|e| StorageError::io("starting the writer thread", "", e))?,
-        );
-        if shared.config.prepare_segments {
-            let preparer_shared = shared.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name("wal-preparer".into())
-                    .spawn(move || preparer::run(&preparer_shared))
-                    .map_err(|e| StorageError::io("starting the preparer thread", "", e))?,
-            );
+        let mut wal = Wal {
+            shared,
+            threads: Vec::new(),
+        };
+        wal.spawn("wal-writer", writer::run)?;
+        if wal.shared.config.prepare_segments {
+            wal.spawn("wal-preparer", preparer::run)?;
         }
-        let wal = Wal { shared, threads };
-        let replayed_changes = lock(&wal.shared.state).overlay.len();
-        if replayed_changes > 0 {
+        if lock(&wal.shared.state).overlay.len() > 0 {
             // Make the next open fast: the replayed changes go into the index now.
             wal.checkpoint()?;
         }
-        let mut wal = wal;
         if wal.shared.config.background_maintenance {
-            let maintenance_shared = wal.shared.clone();
-            wal.threads.push(
-                std::thread::Builder::new()
-                    .name("wal-maintenance".into())
-                    .spawn(move || checkpoint::run_maintenance(&maintenance_shared))
-                    .map_err(|e| StorageError::io("starting the maintenance thread", "", e))?,
-            );
+            wal.spawn("wal-maintenance", checkpoint::run_maintenance)?;
         }
         Ok(wal)
+    }
+
+    fn spawn(&mut self, name: &'static str, body: fn(&Shared)) -> Result<()> {
+        let shared = self.shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || body(&shared))
+            .map_err(|e| StorageError::io("starting a log thread", name, e))?;
+        self.threads.push(thread);
+        Ok(())
     }
 
     pub fn config(&self) -> &WalConfig {
