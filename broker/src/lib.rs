@@ -1,6 +1,4 @@
-//! `warren-broker`: the AMQP 0-9-1 codec, connection and channel state machines, exchanges,
-//! queues and consumers, vhosts and users, the admin gRPC service, and the `warren` and
-//! `warrenctl` binaries.
+//! The Warren broker: AMQP 0-9-1 in front of the storage engine.
 //!
-//! The AMQP server arrives with the single-node broker issue; until then the `warren` binary
-//! says so and exits.
+//! - [`amqp`]: the wire codec (frames, methods, field tables, properties); pure.
+pub mod amqp;
