@@ -1,4 +1,33 @@
 //! The Warren broker: AMQP 0-9-1 in front of the storage engine.
 //!
+//! Module map:
 //! - [`amqp`]: the wire codec (frames, methods, field tables, properties); pure.
+//! - [`config`]: the configuration tree.
+//! - [`server`]: the listener, signals and shutdown.
+//! - [`connection`]: one task per client connection: handshake, channels, the AMQP methods.
+//! - [`broker`]: vhosts, users, permissions and the operations on definitions.
+//! - [`vhost`]: a vhost's registry and routing through exchanges.
+//! - [`exchange`]: exchange types and bindings (topic trie, headers matching).
+//! - [`queue`]: queues as actors over a pure `QueueState`.
+//! - [`message`]: messages and their log records; [`delivery`]: queue → connection events.
+//! - [`definitions`]: durable definitions in the log's key-value namespace.
+//! - [`auth`]: users, password hashes, permissions.
+//!
+//! Locks: the broker's registries (`vhosts`, `users`, `permissions`, `connections`) and each
+//! vhost's `RwLock` are short, never held across `.await`, and never nested except vhost state
+//! → nothing. The definitions mutex (`ddl`, async) is taken before any of them.
+
 pub mod amqp;
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod connection;
+pub mod definitions;
+pub mod delivery;
+pub mod error;
+pub mod exchange;
+pub mod message;
+pub mod queue;
+pub mod refusal;
+pub mod server;
+pub mod vhost;

@@ -1,11 +1,91 @@
-//! The `warren` server binary.
+//! `warren`: the broker server.
 
-use std::process::ExitCode;
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use warren_broker::broker::Broker;
+use warren_broker::config::Config;
 
-fn main() -> ExitCode {
-    eprintln!(
-        "warren: the AMQP server is not built yet; this checkout holds the storage engine \
-         (crate warren-storage). The broker arrives with the single-node broker issue."
-    );
-    ExitCode::from(2)
+/// Warren: an AMQP 0-9-1 message broker that confirms only what is on disk.
+///
+/// Settings come from the TOML file given with --config (every key has a default), then from
+/// the flags and environment variables below, which win.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, env = "WARREN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (log, index, definitions). Default: ./data
+    #[arg(long, env = "WARREN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// AMQP listen address. Default: 0.0.0.0:5672
+    #[arg(long, env = "WARREN_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Heartbeat interval proposed to clients, in seconds (0 disables).
+    #[arg(long, env = "WARREN_HEARTBEAT_S")]
+    heartbeat_s: Option<u16>,
+    /// Largest accepted message body, in octets.
+    #[arg(long, env = "WARREN_MESSAGE_BYTES_MAX")]
+    message_bytes_max: Option<u64>,
+}
+
+fn load_config(args: &Args) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => Config::default(),
+    };
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
+    }
+    if let Some(listen) = args.listen {
+        config.amqp.listen = listen;
+    }
+    if let Some(heartbeat) = args.heartbeat_s {
+        config.amqp.heartbeat_s = heartbeat;
+    }
+    if let Some(max) = args.message_bytes_max {
+        config.limits.message_bytes_max = max;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = load_config(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("warren")
+        .build()?;
+    runtime.block_on(async move {
+        let listen = config.amqp.listen;
+        let broker = Broker::open(config)?;
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let local = listener.local_addr()?;
+        tracing::info!(%local, data_dir = %broker.config.data_dir.display(), "warren ready");
+        // Tests and scripts read this line to learn the port (useful with port 0).
+        println!("listening on {local}");
+        warren_broker::server::run(broker, listener, shutdown_signal()).await
+    })
 }

@@ -1,0 +1,155 @@
+//! The broker's configuration: one serde tree with a default for every field, read from a TOML
+//! file and overridden by flags and environment variables (see `warren --help`).
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the write-ahead log, its index and the definitions live.
+    pub data_dir: PathBuf,
+    pub amqp: AmqpConfig,
+    pub limits: LimitsConfig,
+    pub default_user: DefaultUserConfig,
+    pub storage: StorageConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpConfig {
+    pub listen: SocketAddr,
+    /// Largest frame the server accepts and proposes in `connection.tune`, in octets.
+    pub frame_max_bytes: u32,
+    pub channel_max: u16,
+    /// Heartbeat interval the server proposes, in seconds (0 disables).
+    pub heartbeat_s: u16,
+    /// How long a client has to finish the handshake, in milliseconds.
+    pub handshake_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest message body accepted (RabbitMQ's `max_message_size`), in octets.
+    pub message_bytes_max: u64,
+    /// Messages a durable queue keeps in memory before reading the rest back from the log.
+    pub queue_memory_messages_max: usize,
+    /// Body bytes a durable queue keeps in memory before reading the rest back from the log.
+    pub queue_memory_bytes_max: u64,
+    /// Deliveries in flight between a queue and one consumer's socket (credit flow).
+    pub consumer_flow_window: u32,
+    /// Bounded inbox of each queue, in commands.
+    pub queue_inbox_max: usize,
+    /// Publishers are blocked (`connection.blocked`) while the data directory's file system has
+    /// less free space than this, in octets.
+    pub disk_free_bytes_min: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DefaultUserConfig {
+    pub user: String,
+    pub password: String,
+    pub vhost: String,
+    /// Users that may only connect from a loopback address (RabbitMQ's `loopback_users`).
+    pub loopback_users: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub segment_bytes: u64,
+    pub checkpoint_interval_ms: u64,
+    pub group_commit_wait_us_max: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            data_dir: PathBuf::from("data"),
+            amqp: AmqpConfig::default(),
+            limits: LimitsConfig::default(),
+            default_user: DefaultUserConfig::default(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+impl Default for AmqpConfig {
+    fn default() -> AmqpConfig {
+        AmqpConfig {
+            listen: "0.0.0.0:5672".parse().expect("valid address"),
+            frame_max_bytes: 131_072,
+            channel_max: 2047,
+            heartbeat_s: 60,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> LimitsConfig {
+        LimitsConfig {
+            message_bytes_max: 16 * 1024 * 1024,
+            queue_memory_messages_max: 4096,
+            queue_memory_bytes_max: 8 * 1024 * 1024,
+            consumer_flow_window: 2000,
+            queue_inbox_max: 4096,
+            disk_free_bytes_min: 50 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for DefaultUserConfig {
+    fn default() -> DefaultUserConfig {
+        DefaultUserConfig {
+            user: "guest".into(),
+            password: "guest".into(),
+            vhost: "/".into(),
+            loopback_users: vec!["guest".into()],
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> StorageConfig {
+        StorageConfig {
+            segment_bytes: 64 * 1024 * 1024,
+            checkpoint_interval_ms: 2000,
+            group_commit_wait_us_max: 500,
+        }
+    }
+}
+
+/// A configuration value out of range.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let amqp = &self.amqp;
+        if amqp.frame_max_bytes < crate::amqp::constants::FRAME_MIN_SIZE {
+            return Err(ConfigError(format!(
+                "amqp.frame_max_bytes {} is below the protocol minimum 4096",
+                amqp.frame_max_bytes
+            )));
+        }
+        if amqp.channel_max == 0 {
+            return Err(ConfigError("amqp.channel_max must be at least 1".into()));
+        }
+        if self.limits.message_bytes_max > 512 * 1024 * 1024 {
+            return Err(ConfigError(
+                "limits.message_bytes_max above 512 MiB (RabbitMQ's hard limit)".into(),
+            ));
+        }
+        if self.limits.consumer_flow_window == 0 || self.limits.queue_inbox_max == 0 {
+            return Err(ConfigError(
+                "limits.consumer_flow_window and limits.queue_inbox_max must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,503 @@
+//! The queue's task: drains its inbox in batches, applies each command to [`QueueState`], then
+//! carries out the effects — deliveries to connections, dead letters to other queues, and one
+//! durability wait per batch for the confirms of persistent publishes (so one fdatasync confirms
+//! a whole batch, across queues, through the log's group commit).
+
+use super::dead_letter::dead_lettered;
+use super::state::{Effect, PublishOutcome, QueueLimits, QueueState};
+use super::store::MessageStore;
+use super::{QueueArgs, QueueCommand, QueueCounters, QueueDecl, QueueHandle, QueueId, Refusal};
+use crate::amqp::FieldValue;
+use crate::broker::Broker;
+use crate::delivery::{ConfirmTarget, ConnEvent, Delivery};
+use crate::message::Message;
+use crate::vhost::Vhost;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use warren_storage::Lsn;
+
+/// Commands applied before effects are carried out and confirms are scheduled.
+const BATCH_MAX: usize = 256;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn spawn(
+    broker: Arc<Broker>,
+    vhost: Arc<Vhost>,
+    id: QueueId,
+    decl: QueueDecl,
+    args: QueueArgs,
+    store: Option<Arc<dyn MessageStore>>,
+) -> Arc<QueueHandle> {
+    let limits = &broker.config.limits;
+    let (tx, rx) = mpsc::channel(limits.queue_inbox_max);
+    let counters = Arc::new(QueueCounters::default());
+    let state = QueueState::new(
+        args.clone(),
+        QueueLimits {
+            memory_messages_max: limits.queue_memory_messages_max,
+            memory_bytes_max: limits.queue_memory_bytes_max,
+            flow_window: limits.consumer_flow_window,
+        },
+        store.clone(),
+    );
+    counters.ready.store(state.ready(), Ordering::Relaxed);
+    let handle = Arc::new(QueueHandle::new(id, decl, args, counters, tx));
+    let actor = Actor {
+        broker,
+        vhost,
+        handle: Arc::clone(&handle),
+        state,
+        store,
+        rx,
+        durable_confirms: Vec::new(),
+        confirm_lsn: None,
+        had_consumers: false,
+        last_used_ms: now_ms(),
+        next_expiry_ms: None,
+        fenced: false,
+        effects: Vec::new(),
+    };
+    tokio::spawn(actor.run());
+    handle
+}
+
+struct Actor {
+    broker: Arc<Broker>,
+    vhost: Arc<Vhost>,
+    handle: Arc<QueueHandle>,
+    state: QueueState,
+    store: Option<Arc<dyn MessageStore>>,
+    rx: mpsc::Receiver<QueueCommand>,
+    /// Confirms waiting for `confirm_lsn` to be durable.
+    durable_confirms: Vec<ConfirmTarget>,
+    confirm_lsn: Option<Lsn>,
+    had_consumers: bool,
+    last_used_ms: u64,
+    next_expiry_ms: Option<u64>,
+    /// A storage failure stopped this queue from accepting messages.
+    fenced: bool,
+    effects: Vec<Effect>,
+}
+
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Actor {
+    async fn run(mut self) {
+        let name = self.handle.name().to_string();
+        let span = tracing::info_span!("queue", vhost = %self.vhost.name, queue = %name);
+        let _enter = span.enter();
+        loop {
+            let timer = self.next_timer_ms();
+            let first = match timer {
+                Some(at) => {
+                    let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+                    tokio::select! {
+                        command = self.rx.recv() => command,
+                        _ = tokio::time::sleep(wait) => None,
+                    }
+                }
+                None => match self.rx.recv().await {
+                    Some(command) => Some(command),
+                    None => return,
+                },
+            };
+            let mut flow = Flow::Continue;
+            if let Some(command) = first {
+                flow = self.apply(command);
+                let mut n = 1;
+                while flow == Flow::Continue && n < BATCH_MAX {
+                    match self.rx.try_recv() {
+                        Ok(command) => flow = self.apply(command),
+                        Err(_) => break,
+                    }
+                    n += 1;
+                }
+            }
+            if flow == Flow::Continue {
+                flow = self.after_batch();
+            }
+            if flow == Flow::Stop {
+                self.stop();
+                return;
+            }
+        }
+    }
+
+    fn next_timer_ms(&self) -> Option<u64> {
+        let expires = self
+            .state
+            .args()
+            .expires_ms
+            .filter(|_| self.state.consumer_count() == 0)
+            .map(|ms| self.last_used_ms + ms);
+        match (self.next_expiry_ms, expires) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn fence(&mut self, error: crate::error::BrokerError) {
+        if !self.fenced {
+            tracing::error!(%error, "queue fenced after a storage failure: publishes are refused");
+        }
+        self.fenced = true;
+    }
+
+    fn apply(&mut self, command: QueueCommand) -> Flow {
+        let now = now_ms();
+        let owner_name = self.handle.name().to_string();
+        match command {
+            QueueCommand::Publish { message, confirm } => {
+                self.handle
+                    .counters
+                    .published
+                    .fetch_add(1, Ordering::Relaxed);
+                self.publish(message, confirm, now);
+            }
+            QueueCommand::Consume { spec, reply } => {
+                self.last_used_ms = now;
+                let result = self.state.consume(spec, &owner_name, &self.vhost.name);
+                if result.is_ok() {
+                    self.had_consumers = true;
+                }
+                let _ = reply.send(result);
+            }
+            QueueCommand::Cancel { owner, tag, reply } => {
+                self.state.cancel(owner, &tag);
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
+            }
+            QueueCommand::Settle {
+                owner,
+                seqs,
+                action,
+            } => match self.state.settle(owner, &seqs, action, &mut self.effects) {
+                Ok(n) => {
+                    if action == super::SettleAction::Ack {
+                        self.handle.counters.acked.fetch_add(n, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => self.fence(e),
+            },
+            QueueCommand::Credit { owner, tag, count } => self.state.credit(owner, &tag, count),
+            QueueCommand::Kick => {}
+            QueueCommand::Get {
+                owner,
+                no_ack,
+                events: _,
+                reply,
+            } => {
+                self.last_used_ms = now;
+                match self.state.get(owner, no_ack, now, &mut self.effects) {
+                    Ok(Some((entry, remaining))) => {
+                        let message =
+                            self.with_delivery_count(&entry.message, entry.delivery_count);
+                        let _ = reply.send(Some(Delivery {
+                            owner,
+                            consumer_tag: None,
+                            queue: Arc::clone(&self.handle),
+                            seq: entry.seq,
+                            message,
+                            redelivered: entry.redelivered,
+                            ack_required: !no_ack,
+                            delivery_count: entry.delivery_count,
+                            message_count: remaining.min(u32::MAX as u64) as u32,
+                        }));
+                    }
+                    Ok(None) => {
+                        let _ = reply.send(None);
+                    }
+                    Err(e) => {
+                        self.fence(e);
+                        let _ = reply.send(None);
+                    }
+                }
+            }
+            QueueCommand::ChannelClosed { owner } => {
+                if let Err(e) = self.state.channel_closed(owner, &mut self.effects) {
+                    self.fence(e);
+                }
+            }
+            QueueCommand::Recover { owner } => {
+                if let Err(e) = self.state.requeue_all_of(owner, &mut self.effects) {
+                    self.fence(e);
+                }
+            }
+            QueueCommand::Purge { reply } => match self.state.purge() {
+                Ok(n) => {
+                    let _ = reply.send(n);
+                }
+                Err(e) => {
+                    self.fence(e);
+                    let _ = reply.send(0);
+                }
+            },
+            QueueCommand::Delete {
+                if_unused,
+                if_empty,
+                reply,
+            } => {
+                let vhost = &self.vhost.name;
+                if if_unused && self.state.consumer_count() > 0 {
+                    let _ = reply.send(Err(Refusal::precondition(format!(
+                        "queue '{owner_name}' in vhost '{vhost}' in use"
+                    ))));
+                    return Flow::Continue;
+                }
+                if if_empty && self.state.ready() > 0 {
+                    let _ = reply.send(Err(Refusal::precondition(format!(
+                        "queue '{owner_name}' in vhost '{vhost}' not empty"
+                    ))));
+                    return Flow::Continue;
+                }
+                let result = self.delete();
+                let _ = reply.send(result.map_err(Refusal::from));
+                return Flow::Stop;
+            }
+            QueueCommand::Touch { reply } => {
+                self.last_used_ms = now;
+                let _ = reply.send((self.state.ready(), self.state.consumer_count()));
+            }
+        }
+        Flow::Continue
+    }
+
+    fn publish(&mut self, message: Arc<Message>, confirm: Option<ConfirmTarget>, now: u64) {
+        if self.fenced {
+            if let Some(c) = confirm {
+                c.send(false);
+            }
+            return;
+        }
+        match self.state.publish(message, now, &mut self.effects) {
+            Ok(PublishOutcome::Accepted(Some(lsn))) => {
+                self.confirm_lsn = Some(self.confirm_lsn.map_or(lsn, |l| l.max(lsn)));
+                if let Some(c) = confirm {
+                    self.durable_confirms.push(c);
+                }
+            }
+            Ok(PublishOutcome::Accepted(None)) => {
+                if let Some(c) = confirm {
+                    c.send(true);
+                }
+            }
+            Ok(PublishOutcome::Rejected) => {
+                if let Some(c) = confirm {
+                    c.send(false);
+                }
+            }
+            Err(e) => {
+                self.fence(e);
+                if let Some(c) = confirm {
+                    c.send(false);
+                }
+            }
+        }
+    }
+
+    fn delete(&mut self) -> Result<u64, crate::error::BrokerError> {
+        let count = self.state.delete(&mut self.effects)?;
+        self.broker.forget_queue(&self.vhost, &self.handle)?;
+        self.run_effects();
+        tracing::debug!(messages = count, "queue deleted");
+        Ok(count)
+    }
+
+    fn after_batch(&mut self) -> Flow {
+        let now = now_ms();
+        match self.state.expire(now, &mut self.effects) {
+            Ok(next) => self.next_expiry_ms = next,
+            Err(e) => self.fence(e),
+        }
+        if let Err(e) = self.state.deliver(now, &mut self.effects) {
+            self.fence(e);
+        }
+        self.schedule_confirms();
+        self.run_effects();
+        let counters = &self.handle.counters;
+        counters.ready.store(self.state.ready(), Ordering::Relaxed);
+        counters
+            .unacked
+            .store(self.state.unacked(), Ordering::Relaxed);
+        counters
+            .consumers
+            .store(self.state.consumer_count(), Ordering::Relaxed);
+        let consumers = self.state.consumer_count();
+        let auto_deleted = self.handle.decl.auto_delete && self.had_consumers && consumers == 0;
+        let expired = self
+            .state
+            .args()
+            .expires_ms
+            .is_some_and(|ms| consumers == 0 && now >= self.last_used_ms + ms);
+        if auto_deleted || expired {
+            tracing::debug!(auto_deleted, expired, "queue deletes itself");
+            if let Err(error) = self.delete() {
+                tracing::error!(%error, "deleting the queue failed");
+            }
+            return Flow::Stop;
+        }
+        Flow::Continue
+    }
+
+    /// One durability wait for every persistent publish of the batch.
+    fn schedule_confirms(&mut self) {
+        let Some(lsn) = self.confirm_lsn.take() else {
+            return;
+        };
+        let targets = std::mem::take(&mut self.durable_confirms);
+        if targets.is_empty() {
+            return;
+        }
+        let store = self
+            .store
+            .as_ref()
+            .expect("a durable confirm implies a store");
+        store.on_durable(
+            lsn,
+            Box::new(move |ok| {
+                for target in targets {
+                    target.send(ok);
+                }
+            }),
+        );
+    }
+
+    fn with_delivery_count(&self, message: &Arc<Message>, delivery_count: u32) -> Arc<Message> {
+        let counts = self.state.args().delivery_limit.is_some()
+            || self.state.args().queue_type == super::args::QueueType::Quorum;
+        if delivery_count == 0 || !counts {
+            return Arc::clone(message);
+        }
+        let mut properties = message.decode_properties();
+        let mut headers = properties.headers.take().unwrap_or_default();
+        headers.insert("x-delivery-count", FieldValue::I64(delivery_count.into()));
+        properties.headers = Some(headers);
+        Arc::new(Message {
+            properties: properties.encode(),
+            ..Message::clone(message)
+        })
+    }
+
+    fn run_effects(&mut self) {
+        let effects = std::mem::take(&mut self.effects);
+        let mut delivered = 0;
+        for effect in effects {
+            match effect {
+                Effect::Deliver {
+                    events,
+                    owner,
+                    consumer_tag,
+                    entry,
+                    ack_required,
+                } => {
+                    delivered += 1;
+                    let message = self.with_delivery_count(&entry.message, entry.delivery_count);
+                    let _ = events.send(ConnEvent::Deliver(Delivery {
+                        owner,
+                        consumer_tag: Some(consumer_tag),
+                        queue: Arc::clone(&self.handle),
+                        seq: entry.seq,
+                        message,
+                        redelivered: entry.redelivered,
+                        ack_required,
+                        delivery_count: entry.delivery_count,
+                        message_count: 0,
+                    }));
+                }
+                Effect::ConsumerCancelled {
+                    events,
+                    owner,
+                    consumer_tag,
+                } => {
+                    let _ = events.send(ConnEvent::ConsumerCancelled {
+                        owner,
+                        consumer_tag,
+                    });
+                }
+                Effect::DeadLetter { message, reason } => self.dead_letter(&message, reason),
+            }
+        }
+        self.handle
+            .counters
+            .delivered
+            .fetch_add(delivered, Ordering::Relaxed);
+    }
+
+    fn dead_letter(&mut self, message: &Message, reason: super::state::DeathReason) {
+        let args = self.state.args();
+        let Some(exchange) = args.dead_letter_exchange.clone() else {
+            return;
+        };
+        let copy = Arc::new(dead_lettered(
+            message,
+            reason,
+            self.handle.name(),
+            &exchange,
+            args.dead_letter_routing_key.as_deref(),
+            now_ms() / 1000,
+        ));
+        let headers = || copy.decode_properties().headers;
+        let Some(routed) = self
+            .vhost
+            .route(&exchange, copy.routing_key.as_str(), &headers)
+        else {
+            tracing::debug!(%exchange, "dead-letter exchange does not exist; message dropped");
+            return;
+        };
+        for queue in routed.queues {
+            if queue.id == self.handle.id {
+                // Dead-lettering into itself: apply directly (its own inbox may be full).
+                let now = now_ms();
+                if let Err(e) = self.state.publish(Arc::clone(&copy), now, &mut Vec::new()) {
+                    self.fence(e);
+                }
+                continue;
+            }
+            let command = QueueCommand::Publish {
+                message: Arc::clone(&copy),
+                confirm: None,
+            };
+            if let Err(command) = queue.try_send(command) {
+                // Never wait on another queue's inbox from here: that could form a cycle.
+                tokio::spawn(async move {
+                    let _ = queue.send(command).await;
+                });
+            }
+        }
+    }
+
+    /// The queue is gone: answer whatever is still in the inbox.
+    fn stop(&mut self) {
+        self.rx.close();
+        while let Ok(command) = self.rx.try_recv() {
+            match command {
+                // As for an unroutable message: nothing holds it, and nothing will.
+                QueueCommand::Publish {
+                    confirm: Some(c), ..
+                } => c.send(!self.fenced),
+                QueueCommand::Consume { reply, .. } => {
+                    let _ = reply.send(Err(Refusal::not_found(format!(
+                        "no queue '{}' in vhost '{}'",
+                        self.handle.name(),
+                        self.vhost.name
+                    ))));
+                }
+                _ => {}
+            }
+        }
+        self.schedule_confirms();
+    }
+}

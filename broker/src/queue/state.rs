@@ -1,0 +1,708 @@
+//! `QueueState`: a queue's logic with no I/O of its own. Persistence goes through the
+//! [`MessageStore`] it is given (a test uses an in-memory one); what must reach consumers or
+//! other queues comes out as [`Effect`]s for the actor to carry out; time is a parameter.
+//!
+//! Ready messages live in memory up to a window (`memory_messages_max`, `memory_bytes_max`); for
+//! a durable queue the rest stay only in the log (`paged`) and are read back in order as the
+//! window drains, so memory does not grow with the backlog. Every paged message has a seq above
+//! every message in memory (ready or unacked): the paged tail is exactly the stored messages with
+//! `seq >= paged.from`.
+
+use super::args::{Overflow, QueueArgs};
+use super::store::MessageStore;
+use super::{ConsumerSpec, Refusal, SettleAction};
+use crate::amqp::ShortStr;
+use crate::delivery::{ChannelRef, EventSender};
+use crate::error::BrokerError;
+use crate::message::{Message, StoredMessage};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use warren_storage::Lsn;
+
+/// A message in the queue.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub seq: u64,
+    pub message: Arc<Message>,
+    pub enqueued_at_ms: u64,
+    pub redelivered: bool,
+    /// Times it went back to the queue after a delivery.
+    pub delivery_count: u32,
+    /// Whether the store holds it (and must be told when it is settled).
+    pub stored: bool,
+}
+
+#[derive(Debug)]
+struct Unacked {
+    entry: Entry,
+    owner: ChannelRef,
+    consumer: Option<ShortStr>,
+}
+
+#[derive(Debug)]
+struct Consumer {
+    spec: ConsumerSpec,
+    unacked: u32,
+    /// Deliveries sent but not yet written to the consumer's socket.
+    in_transit: u32,
+}
+
+/// Why a message left the queue without being acked (RabbitMQ's `x-death` reasons).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeathReason {
+    Rejected,
+    Expired,
+    Maxlen,
+    DeliveryLimit,
+}
+
+impl DeathReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeathReason::Rejected => "rejected",
+            DeathReason::Expired => "expired",
+            DeathReason::Maxlen => "maxlen",
+            DeathReason::DeliveryLimit => "delivery_limit",
+        }
+    }
+}
+
+/// What the actor must do after a state change.
+#[derive(Debug)]
+pub enum Effect {
+    Deliver {
+        events: EventSender,
+        owner: ChannelRef,
+        consumer_tag: ShortStr,
+        entry: Entry,
+        ack_required: bool,
+    },
+    DeadLetter {
+        message: Arc<Message>,
+        reason: DeathReason,
+    },
+    ConsumerCancelled {
+        events: EventSender,
+        owner: ChannelRef,
+        consumer_tag: ShortStr,
+    },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// Accepted; durable once this LSN is (if it was written).
+    Accepted(Option<Lsn>),
+    /// Refused by `x-overflow = reject-publish`.
+    Rejected,
+}
+
+/// Limits that come from the broker's configuration, not the queue's arguments.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueLimits {
+    pub memory_messages_max: usize,
+    pub memory_bytes_max: u64,
+    pub flow_window: u32,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Paged {
+    from: u64,
+    count: u64,
+    bytes: u64,
+}
+
+#[derive(Debug)]
+pub struct QueueState {
+    args: QueueArgs,
+    limits: QueueLimits,
+    store: Option<Arc<dyn MessageStore>>,
+    /// Ready messages in memory, one deque per priority level, each in seq order.
+    levels: Vec<VecDeque<Entry>>,
+    memory_count: u64,
+    memory_bytes: u64,
+    paged: Paged,
+    unacked: HashMap<u64, Unacked>,
+    /// In registration order (single active consumer takes the first).
+    consumers: Vec<Consumer>,
+    round_robin: usize,
+    next_seq: u64,
+    /// Messages below this seq were recovered from the log at start: delivered with
+    /// `redelivered = true`, and transient ones among them are dropped.
+    recovered_below: u64,
+}
+
+impl QueueState {
+    /// A queue with no messages, or one recovering what `store` holds.
+    pub fn new(args: QueueArgs, limits: QueueLimits, store: Option<Arc<dyn MessageStore>>) -> Self {
+        let levels = args.max_priority.map_or(1, |p| p as usize + 1);
+        let (stored, bound) = store.as_ref().map_or((0, 0), |s| s.live());
+        QueueState {
+            args,
+            limits,
+            store,
+            levels: (0..levels).map(|_| VecDeque::new()).collect(),
+            memory_count: 0,
+            memory_bytes: 0,
+            paged: Paged {
+                from: 0,
+                count: stored,
+                bytes: 0,
+            },
+            unacked: HashMap::new(),
+            consumers: Vec::new(),
+            round_robin: 0,
+            next_seq: bound,
+            recovered_below: bound,
+        }
+    }
+
+    pub fn args(&self) -> &QueueArgs {
+        &self.args
+    }
+
+    pub fn ready(&self) -> u64 {
+        self.memory_count + self.paged.count
+    }
+
+    pub fn unacked(&self) -> u64 {
+        self.unacked.len() as u64
+    }
+
+    pub fn consumer_count(&self) -> u64 {
+        self.consumers.len() as u64
+    }
+
+    fn ready_bytes(&self) -> u64 {
+        self.memory_bytes + self.paged.bytes
+    }
+
+    fn level_of(&self, message: &Message) -> usize {
+        (message.priority as usize).min(self.levels.len() - 1)
+    }
+
+    fn paging_allowed(&self) -> bool {
+        self.store.is_some() && self.levels.len() == 1
+    }
+
+    fn memory_full(&self) -> bool {
+        self.memory_count as usize >= self.limits.memory_messages_max
+            || self.memory_bytes >= self.limits.memory_bytes_max
+    }
+
+    fn over_limits(&self, extra_messages: u64, extra_bytes: u64) -> bool {
+        self.args
+            .max_length
+            .is_some_and(|max| self.ready() + extra_messages > max)
+            || self
+                .args
+                .max_length_bytes
+                .is_some_and(|max| self.ready_bytes() + extra_bytes > max)
+    }
+
+    /// Accepts a published message.
+    pub fn publish(
+        &mut self,
+        message: Arc<Message>,
+        now_ms: u64,
+        out: &mut Vec<Effect>,
+    ) -> Result<PublishOutcome, BrokerError> {
+        if self.args.overflow != Overflow::DropHead && self.over_limits(1, message.body_bytes()) {
+            if self.args.overflow == Overflow::RejectPublishDlx {
+                out.push(Effect::DeadLetter {
+                    message,
+                    reason: DeathReason::Maxlen,
+                });
+            }
+            return Ok(PublishOutcome::Rejected);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let persist = self.store.is_some() && message.persistent;
+        let page = self.paging_allowed() && (self.paged.count > 0 || self.memory_full());
+        let mut lsn = None;
+        if persist || page {
+            let store = self
+                .store
+                .as_ref()
+                .expect("persist or page implies a store");
+            lsn = Some(store.append(
+                seq,
+                &StoredMessage {
+                    message: Message::clone(&message),
+                    enqueued_at_ms: now_ms,
+                    transient: !persist,
+                },
+            )?);
+        }
+        if page {
+            if self.paged.count == 0 {
+                self.paged.from = seq;
+            }
+            self.paged.count += 1;
+            self.paged.bytes += message.body_bytes();
+        } else {
+            self.push_ready(Entry {
+                seq,
+                message,
+                enqueued_at_ms: now_ms,
+                redelivered: false,
+                delivery_count: 0,
+                stored: persist,
+            });
+        }
+        if self.args.overflow == Overflow::DropHead {
+            while self.over_limits(0, 0) {
+                match self.pop_head()? {
+                    Some(entry) => self.discard(entry, DeathReason::Maxlen, out)?,
+                    None => break,
+                }
+            }
+        }
+        Ok(PublishOutcome::Accepted(if persist { lsn } else { None }))
+    }
+
+    fn push_ready(&mut self, entry: Entry) {
+        let level = self.level_of(&entry.message);
+        self.memory_count += 1;
+        self.memory_bytes += entry.message.body_bytes();
+        let deque = &mut self.levels[level];
+        // Requeued messages go back to their original position.
+        if deque.back().is_none_or(|last| last.seq < entry.seq) {
+            deque.push_back(entry);
+        } else {
+            let at = deque.partition_point(|e| e.seq < entry.seq);
+            deque.insert(at, entry);
+        }
+    }
+
+    /// Reads paged messages back while the memory window has room for half of it.
+    fn page_in(&mut self) -> Result<(), BrokerError> {
+        if self.paged.count == 0 {
+            return Ok(());
+        }
+        // A priority queue keeps everything in memory (its order is not the log's).
+        let want = if self.paging_allowed() {
+            let room = self
+                .limits
+                .memory_messages_max
+                .saturating_sub(self.memory_count as usize);
+            if room < self.limits.memory_messages_max / 2 {
+                return Ok(());
+            }
+            room.max(1)
+        } else {
+            usize::MAX
+        };
+        let store = Arc::clone(self.store.as_ref().expect("paged messages imply a store"));
+        let batch = store.read_from(self.paged.from, want)?;
+        if batch.is_empty() {
+            tracing::error!(
+                paged = self.paged.count,
+                from = self.paged.from,
+                "queue's paged messages are missing from the log"
+            );
+            self.paged = Paged::default();
+            return Ok(());
+        }
+        let mut dropped = Vec::new();
+        for (seq, stored) in batch {
+            self.paged.from = seq + 1;
+            self.paged.count = self.paged.count.saturating_sub(1);
+            self.paged.bytes = self.paged.bytes.saturating_sub(stored.message.body_bytes());
+            let recovered = seq < self.recovered_below;
+            if stored.transient && recovered {
+                dropped.push(seq);
+                continue;
+            }
+            self.push_ready(Entry {
+                seq,
+                message: Arc::new(stored.message),
+                enqueued_at_ms: stored.enqueued_at_ms,
+                redelivered: recovered,
+                delivery_count: 0,
+                stored: true,
+            });
+        }
+        if !dropped.is_empty() {
+            store.remove(&dropped)?;
+        }
+        Ok(())
+    }
+
+    fn head_level(&self) -> Option<usize> {
+        (0..self.levels.len())
+            .rev()
+            .find(|&l| !self.levels[l].is_empty())
+    }
+
+    fn pop_head(&mut self) -> Result<Option<Entry>, BrokerError> {
+        self.page_in()?;
+        let Some(level) = self.head_level() else {
+            return Ok(None);
+        };
+        let entry = self.levels[level].pop_front().expect("level not empty");
+        self.memory_count -= 1;
+        self.memory_bytes -= entry.message.body_bytes();
+        Ok(Some(entry))
+    }
+
+    fn deadline(&self, entry: &Entry) -> Option<u64> {
+        let ttl = match (self.args.message_ttl_ms, entry.message.expiration_ms) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some(entry.enqueued_at_ms.saturating_add(ttl))
+    }
+
+    /// Drops expired messages at the heads; returns the next time one expires.
+    pub fn expire(
+        &mut self,
+        now_ms: u64,
+        out: &mut Vec<Effect>,
+    ) -> Result<Option<u64>, BrokerError> {
+        self.page_in()?;
+        let mut next = None::<u64>;
+        for level in 0..self.levels.len() {
+            while let Some(head) = self.levels[level].front() {
+                match self.deadline(head) {
+                    Some(deadline) if deadline < now_ms => {
+                        let entry = self.levels[level].pop_front().expect("head exists");
+                        self.memory_count -= 1;
+                        self.memory_bytes -= entry.message.body_bytes();
+                        self.discard(entry, DeathReason::Expired, out)?;
+                        if self.levels[level].is_empty() {
+                            self.page_in()?;
+                        }
+                    }
+                    Some(deadline) => {
+                        next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+        Ok(next.map(|n| n + 1))
+    }
+
+    /// Removes a message for good: dead-letters it if the queue has a dead-letter exchange.
+    fn discard(
+        &mut self,
+        entry: Entry,
+        reason: DeathReason,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), BrokerError> {
+        if entry.stored {
+            if let Some(store) = &self.store {
+                store.remove(&[entry.seq])?;
+            }
+        }
+        if self.args.dead_letter_exchange.is_some() {
+            out.push(Effect::DeadLetter {
+                message: entry.message,
+                reason,
+            });
+        }
+        Ok(())
+    }
+
+    fn can_receive(&self, consumer: &Consumer) -> bool {
+        if consumer.in_transit >= self.limits.flow_window {
+            return false;
+        }
+        consumer.spec.no_ack
+            || ((consumer.spec.prefetch == 0 || consumer.unacked < consumer.spec.prefetch)
+                && consumer.spec.channel_credit.has_room())
+    }
+
+    /// The consumer to receive the next message: the single active one, or the
+    /// highest-priority one with credit, round-robin among equals.
+    fn pick(&mut self) -> Option<usize> {
+        if self.consumers.is_empty() {
+            return None;
+        }
+        if self.args.single_active_consumer {
+            return self.can_receive(&self.consumers[0]).then_some(0);
+        }
+        let n = self.consumers.len();
+        let mut best: Option<usize> = None;
+        for k in 0..n {
+            let i = (self.round_robin + k) % n;
+            if self.can_receive(&self.consumers[i])
+                && best.is_none_or(|b| {
+                    self.consumers[i].spec.priority > self.consumers[b].spec.priority
+                })
+            {
+                best = Some(i);
+            }
+        }
+        if let Some(i) = best {
+            self.round_robin = (i + 1) % n;
+        }
+        best
+    }
+
+    /// Hands ready messages to consumers with credit.
+    pub fn deliver(&mut self, now_ms: u64, out: &mut Vec<Effect>) -> Result<(), BrokerError> {
+        loop {
+            if self.ready() == 0 {
+                return Ok(());
+            }
+            let Some(index) = self.pick() else {
+                return Ok(());
+            };
+            let no_ack = self.consumers[index].spec.no_ack;
+            if !no_ack && !self.consumers[index].spec.channel_credit.try_reserve() {
+                return Ok(());
+            }
+            self.expire(now_ms, out)?;
+            let Some(entry) = self.pop_head()? else {
+                if !no_ack {
+                    self.consumers[index].spec.channel_credit.release(1);
+                }
+                return Ok(());
+            };
+            let consumer = &mut self.consumers[index];
+            consumer.in_transit += 1;
+            let spec = &consumer.spec;
+            let effect = Effect::Deliver {
+                events: spec.events.clone(),
+                owner: spec.owner,
+                consumer_tag: spec.tag.clone(),
+                entry: entry.clone(),
+                ack_required: !no_ack,
+            };
+            if no_ack {
+                if entry.stored {
+                    if let Some(store) = &self.store {
+                        store.remove(&[entry.seq])?;
+                    }
+                }
+            } else {
+                consumer.unacked += 1;
+                let owner = spec.owner;
+                let tag = spec.tag.clone();
+                self.unacked.insert(
+                    entry.seq,
+                    Unacked {
+                        entry,
+                        owner,
+                        consumer: Some(tag),
+                    },
+                );
+            }
+            out.push(effect);
+        }
+    }
+
+    /// `basic.get`: the head message, if any, with the number left.
+    pub fn get(
+        &mut self,
+        owner: ChannelRef,
+        no_ack: bool,
+        now_ms: u64,
+        out: &mut Vec<Effect>,
+    ) -> Result<Option<(Entry, u64)>, BrokerError> {
+        self.expire(now_ms, out)?;
+        let Some(entry) = self.pop_head()? else {
+            return Ok(None);
+        };
+        if no_ack {
+            if entry.stored {
+                if let Some(store) = &self.store {
+                    store.remove(&[entry.seq])?;
+                }
+            }
+        } else {
+            self.unacked.insert(
+                entry.seq,
+                Unacked {
+                    entry: entry.clone(),
+                    owner,
+                    consumer: None,
+                },
+            );
+        }
+        Ok(Some((entry, self.ready())))
+    }
+
+    pub fn consume(
+        &mut self,
+        spec: ConsumerSpec,
+        queue_name: &str,
+        vhost: &str,
+    ) -> Result<(), Refusal> {
+        let exclusive_use = || {
+            Refusal::access_refused(format!(
+                "queue '{queue_name}' in vhost '{vhost}' in exclusive use"
+            ))
+        };
+        if spec.exclusive && !self.consumers.is_empty() {
+            return Err(exclusive_use());
+        }
+        if self.consumers.iter().any(|c| c.spec.exclusive) {
+            return Err(exclusive_use());
+        }
+        self.consumers.push(Consumer {
+            spec,
+            unacked: 0,
+            in_transit: 0,
+        });
+        Ok(())
+    }
+
+    /// Removes a consumer; its unacked messages stay with its channel.
+    pub fn cancel(&mut self, owner: ChannelRef, tag: &ShortStr) -> bool {
+        let before = self.consumers.len();
+        self.consumers
+            .retain(|c| !(c.spec.owner == owner && c.spec.tag == *tag));
+        before != self.consumers.len()
+    }
+
+    pub fn credit(&mut self, owner: ChannelRef, tag: &ShortStr, count: u32) {
+        if let Some(c) = self
+            .consumers
+            .iter_mut()
+            .find(|c| c.spec.owner == owner && c.spec.tag == *tag)
+        {
+            c.in_transit = c.in_transit.saturating_sub(count);
+        }
+    }
+
+    /// Settles deliveries of `owner`'s channel.
+    pub fn settle(
+        &mut self,
+        owner: ChannelRef,
+        seqs: &[u64],
+        action: SettleAction,
+        out: &mut Vec<Effect>,
+    ) -> Result<u64, BrokerError> {
+        let mut removed = Vec::new();
+        let mut settled = 0;
+        let mut sorted = seqs.to_vec();
+        sorted.sort_unstable();
+        for seq in sorted {
+            let Some(unacked) = self.unacked.remove(&seq) else {
+                continue;
+            };
+            if unacked.owner != owner {
+                // Not this channel's delivery (cannot happen through the channel's own tag
+                // table); leave it where it was.
+                self.unacked.insert(seq, unacked);
+                continue;
+            }
+            settled += 1;
+            if let Some(tag) = &unacked.consumer {
+                if let Some(c) = self
+                    .consumers
+                    .iter_mut()
+                    .find(|c| c.spec.owner == owner && c.spec.tag == *tag)
+                {
+                    c.unacked = c.unacked.saturating_sub(1);
+                }
+            }
+            let mut entry = unacked.entry;
+            match action {
+                SettleAction::Ack => {
+                    if entry.stored {
+                        removed.push(entry.seq);
+                    }
+                }
+                SettleAction::Requeue => {
+                    entry.redelivered = true;
+                    entry.delivery_count += 1;
+                    if self
+                        .args
+                        .delivery_limit
+                        .is_some_and(|limit| u64::from(entry.delivery_count) > limit)
+                    {
+                        self.discard(entry, DeathReason::DeliveryLimit, out)?;
+                    } else {
+                        self.push_ready(entry);
+                    }
+                }
+                SettleAction::Discard => self.discard(entry, DeathReason::Rejected, out)?,
+            }
+        }
+        if !removed.is_empty() {
+            if let Some(store) = &self.store {
+                store.remove(&removed)?;
+            }
+        }
+        Ok(settled)
+    }
+
+    /// A channel closed: its consumers go, its unacked messages return to the queue.
+    pub fn channel_closed(
+        &mut self,
+        owner: ChannelRef,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), BrokerError> {
+        self.consumers.retain(|c| c.spec.owner != owner);
+        self.requeue_all_of(owner, out)
+    }
+
+    /// `basic.recover`: the channel's unacked messages return to the queue.
+    pub fn requeue_all_of(
+        &mut self,
+        owner: ChannelRef,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), BrokerError> {
+        let seqs: Vec<u64> = self
+            .unacked
+            .iter()
+            .filter(|(_, u)| u.owner == owner)
+            .map(|(s, _)| *s)
+            .collect();
+        self.settle(owner, &seqs, SettleAction::Requeue, out)?;
+        Ok(())
+    }
+
+    /// Drops every ready message; returns how many.
+    pub fn purge(&mut self) -> Result<u64, BrokerError> {
+        let count = self.ready();
+        let mut stored = Vec::new();
+        for level in &mut self.levels {
+            stored.extend(level.drain(..).filter(|e| e.stored).map(|e| e.seq));
+        }
+        if let Some(store) = &self.store {
+            stored.sort_unstable();
+            store.remove(&stored)?;
+            if self.paged.count > 0 {
+                store.remove_from(self.paged.from)?;
+            }
+        }
+        self.memory_count = 0;
+        self.memory_bytes = 0;
+        self.paged = Paged::default();
+        Ok(count)
+    }
+
+    /// The queue is being deleted: every stored message goes; consumers are told.
+    pub fn delete(&mut self, out: &mut Vec<Effect>) -> Result<u64, BrokerError> {
+        let count = self.ready();
+        if let Some(store) = &self.store {
+            store.remove_from(0)?;
+        }
+        for c in self.consumers.drain(..) {
+            if c.spec.cancel_notify {
+                out.push(Effect::ConsumerCancelled {
+                    events: c.spec.events.clone(),
+                    owner: c.spec.owner,
+                    consumer_tag: c.spec.tag.clone(),
+                });
+            }
+        }
+        Ok(count)
+    }
+
+    /// Whether any consumer is on a channel of this connection's (for exclusive checks).
+    pub fn has_consumers(&self) -> bool {
+        !self.consumers.is_empty()
+    }
+
+    /// Channels with consumers, to tell them when the queue is gone.
+    pub fn consumer_owners(&self) -> impl Iterator<Item = ChannelRef> + '_ {
+        self.consumers.iter().map(|c| c.spec.owner)
+    }
+}

@@ -1,0 +1,113 @@
+//! A virtual host: its exchanges, queues and bindings, and routing through them.
+//!
+//! The registry is read-mostly: publishes take the read lock for the time of one routing
+//! decision (no `.await` while it is held); declarations take the write lock briefly.
+
+use crate::amqp::FieldTable;
+use crate::exchange::{Destination, Exchange};
+use crate::queue::QueueHandle;
+use std::cell::OnceCell;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+#[derive(Debug, Default)]
+pub struct VhostState {
+    pub exchanges: HashMap<String, Exchange>,
+    pub queues: HashMap<String, Arc<QueueHandle>>,
+}
+
+#[derive(Debug)]
+pub struct Vhost {
+    pub name: String,
+    state: RwLock<VhostState>,
+}
+
+/// Where a publish went.
+#[derive(Debug, Default)]
+pub struct Routed {
+    pub queues: Vec<Arc<QueueHandle>>,
+}
+
+impl Vhost {
+    pub fn new(name: &str) -> Vhost {
+        Vhost {
+            name: name.to_string(),
+            state: RwLock::new(VhostState::default()),
+        }
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, VhostState> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn write(&self) -> RwLockWriteGuard<'_, VhostState> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn queue(&self, name: &str) -> Option<Arc<QueueHandle>> {
+        self.read().queues.get(name).cloned()
+    }
+
+    /// Routes a message published to `exchange`: through exchange-to-exchange bindings and
+    /// alternate exchanges, each queue at most once. `None` if `exchange` does not exist.
+    /// `headers` is called at most once, and only if a headers exchange is on the way.
+    pub fn route(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        headers: &dyn Fn() -> Option<FieldTable>,
+    ) -> Option<Routed> {
+        let state = self.read();
+        let mut routed = Routed::default();
+        if exchange.is_empty() {
+            if let Some(q) = state.queues.get(routing_key) {
+                routed.queues.push(Arc::clone(q));
+            }
+            return Some(routed);
+        }
+        state.exchanges.get(exchange)?;
+        let decoded: OnceCell<Option<FieldTable>> = OnceCell::new();
+        let mut visited: Vec<&str> = Vec::new();
+        let mut pending: Vec<&str> = vec![exchange];
+        while let Some(name) = pending.pop() {
+            if visited.contains(&name) {
+                continue;
+            }
+            visited.push(name);
+            let Some(x) = state.exchanges.get(name) else {
+                continue;
+            };
+            let header_table = if x.needs_headers() {
+                decoded.get_or_init(headers).as_ref()
+            } else {
+                None
+            };
+            let mut matched = false;
+            x.route(routing_key, header_table, &mut |destination| {
+                matched = true;
+                match destination {
+                    Destination::Queue(q) => {
+                        if let Some(handle) = state.queues.get(q) {
+                            if !routed.queues.iter().any(|h| h.id == handle.id) {
+                                routed.queues.push(Arc::clone(handle));
+                            }
+                        }
+                    }
+                    Destination::Exchange(e) => {
+                        if let Some((key, _)) = state.exchanges.get_key_value(e) {
+                            pending.push(key.as_str());
+                        }
+                    }
+                }
+            });
+            if !matched {
+                if let Some(alternate) = &x.alternate {
+                    if let Some((key, _)) = state.exchanges.get_key_value(alternate) {
+                        pending.push(key.as_str());
+                    }
+                }
+            }
+        }
+        Some(routed)
+    }
+}
