@@ -166,7 +166,7 @@ impl Definitions {
     }
 
     pub fn put_binding(&self, vhost: &str, b: &Binding) -> Result<Lsn, BrokerError> {
-        Ok(self.wal.kv_put(&binding_key(vhost, b), &[])?)
+        Ok(self.wal.kv_put(&binding_key(vhost, b), &encode(b))?)
     }
 
     pub fn delete_binding(&self, vhost: &str, b: &Binding) -> Result<(), BrokerError> {

@@ -1,4 +1,186 @@
 //! `warren-tests`: end-to-end tests against real `warren` processes with real AMQP clients.
 //!
+//! [`Warren`] starts the release `warren` binary (building it first if needed) on a free
+//! loopback port with its own data directory, and can SIGKILL, SIGTERM and restart it on the
+//! same directory. Suites live in `tests/tests/`: `lapin_*.rs` and `amqprs_*.rs` (Rust clients),
+//! `crash.rs` (SIGKILL during confirmed publishing), `python.rs` (runs the pika suite and the
+//! pattern examples in `examples/`).
+//!
 //! The storage engine's own crash tests (a child process SIGKILLed mid-append) live beside the
-//! engine in `storage/tests/`; this crate gains its suites with the broker issue.
+//! engine in `storage/tests/`.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The workspace root (this crate is one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Path of the `warren` binary, built once per test process (a no-op when up to date).
+pub fn warren_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let root = workspace_root();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(&root)
+            .args(["build", "--release", "--bin", "warren", "--quiet"])
+            .status()
+            .expect("running cargo build for the warren binary");
+        assert!(status.success(), "building warren failed: {status}");
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root.join("target"));
+        let path = target.join("release").join("warren");
+        assert!(path.exists(), "{} missing after build", path.display());
+        path
+    })
+}
+
+/// A running `warren` process.
+#[derive(Debug)]
+pub struct Warren {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    extra_args: Vec<String>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Warren {
+    /// Starts a broker on a fresh data directory.
+    pub fn start() -> Warren {
+        Warren::start_with(&[])
+    }
+
+    /// Starts a broker on a fresh data directory with extra command-line arguments.
+    pub fn start_with(args: &[&str]) -> Warren {
+        let temp = tempfile::Builder::new()
+            .prefix("warren-test-")
+            .tempdir()
+            .expect("temp dir");
+        let data_dir = temp.path().join("data");
+        let mut warren = Warren {
+            child: None,
+            addr: "127.0.0.1:0".parse().expect("address"),
+            data_dir,
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+            _temp: Some(temp),
+        };
+        warren.spawn();
+        warren
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log_path = self
+            .data_dir
+            .parent()
+            .expect("data dir has a parent")
+            .join("warren.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("log file");
+        let mut child = Command::new(warren_binary())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(&self.extra_args)
+            .env(
+                "RUST_LOG",
+                std::env::var("WARREN_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawning warren");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("reading warren's stdout");
+        let Some(addr) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            panic!("warren did not start (stdout {line:?}); log:\n{log}");
+        };
+        self.addr = addr.parse().expect("address in the ready line");
+        self.child = Some(child);
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:PORT/%2f`
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: no shutdown, no final sync.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        wait_timeout(&mut child, Duration::from_secs(30))
+    }
+
+    /// Starts the broker again on the same data directory (a new port).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Starts the broker after it was killed or terminated.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.parent().expect("parent").join("warren.log"))
+            .unwrap_or_default()
+    }
+}
+
+fn wait_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("warren did not exit within {timeout:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Warren {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -86,7 +86,13 @@ impl MessageStore for WalStore {
 
     fn live(&self) -> (u64, u64) {
         let live = self.wal.stream_live(self.stream);
-        (live.records, live.seq_bound)
+        // `seq_bound` is the highest live seq (inclusive); nothing is live when it is absent.
+        let bound = if live.records > 0 {
+            live.seq_bound + 1
+        } else {
+            0
+        };
+        (live.records, bound)
     }
 
     fn on_durable(&self, lsn: Lsn, done: Box<dyn FnOnce(bool) + Send>) {
