@@ -571,7 +571,10 @@ impl Broker {
                 })?;
             }
             let (ready, consumers) = existing
-                .ask(|reply| QueueCommand::Touch { reply })
+                .ask(|reply| QueueCommand::Touch {
+                    renew: !d.passive,
+                    reply,
+                })
                 .await
                 .unwrap_or((existing.ready(), existing.consumers()));
             return Ok((d.name, ready, consumers));

@@ -36,7 +36,11 @@ async fn publisher(
     let Ok(ch) = conn.create_channel().await else {
         return;
     };
-    if ch.confirm_select(ConfirmSelectOptions::default()).await.is_err() {
+    if ch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .is_err()
+    {
         return;
     }
     let mut next = first;
@@ -83,7 +87,12 @@ async fn consumer(url: String, oracle: Arc<Mutex<Oracle>>) {
     };
     let _ = ch.basic_qos(100, BasicQosOptions::default()).await;
     let Ok(mut stream) = ch
-        .basic_consume("crash".into(), "c".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            "crash".into(),
+            "c".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
     else {
         return;
@@ -113,12 +122,18 @@ async fn drain(warren: &Warren) -> Vec<(u64, bool)> {
     {
         let id = u64::from_be_bytes(m.delivery.data[..8].try_into().expect("8-byte id"));
         out.push((id, m.delivery.redelivered));
-        m.delivery.ack(BasicAckOptions::default()).await.expect("ack");
+        m.delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack");
     }
     // A round trip so the last acks are in before the next kill.
     ch.queue_declare(
         "crash".into(),
-        QueueDeclareOptions { passive: true, ..Default::default() },
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
         FieldTable::default(),
     )
     .await
@@ -146,7 +161,10 @@ async fn sigkill_during_confirmed_publishing_loses_nothing() {
         let ch = conn.create_channel().await.expect("channel");
         ch.queue_declare(
             "crash".into(),
-            QueueDeclareOptions { durable: true, ..Default::default() },
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await
@@ -189,7 +207,10 @@ async fn sigkill_during_confirmed_publishing_loses_nothing() {
             );
         }
         for (id, n) in &seen {
-            assert_eq!(*n, 1, "SEED={seed} iteration {iteration}: message {id} delivered {n} times");
+            assert_eq!(
+                *n, 1,
+                "SEED={seed} iteration {iteration}: message {id} delivered {n} times"
+            );
         }
         let missing: Vec<u64> = oracle
             .confirmed

@@ -267,8 +267,10 @@ impl Actor {
                 let _ = reply.send(result.map_err(Refusal::from));
                 return Flow::Stop;
             }
-            QueueCommand::Touch { reply } => {
-                self.last_used_ms = now;
+            QueueCommand::Touch { renew, reply } => {
+                if renew {
+                    self.last_used_ms = now;
+                }
                 let _ = reply.send((self.state.ready(), self.state.consumer_count()));
             }
         }

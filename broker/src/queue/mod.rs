@@ -219,6 +219,8 @@ pub enum QueueCommand {
     /// A declare (or passive declare) touched the queue: counts for `declare-ok`, and an
     /// `x-expires` reset.
     Touch {
+        /// A re-declaration renews the `x-expires` lease; a passive one does not.
+        renew: bool,
         reply: oneshot::Sender<(u64, u64)>,
     },
 }
