@@ -155,6 +155,7 @@ impl Broker {
         for p in &loaded.permissions {
             self.add_permission_in_memory(p);
         }
+        self.apply_configured_access()?;
         for decl in loaded.exchanges {
             let Some(vhost) = self.vhost(&decl.vhost) else {
                 continue;
@@ -192,6 +193,43 @@ impl Broker {
             messages = recovered,
             "definitions and messages recovered"
         );
+        Ok(())
+    }
+
+    /// Creates the vhosts, users and permissions listed in the configuration (idempotent; a
+    /// configured user's password and tags are set to the configured ones).
+    fn apply_configured_access(&self) -> Result<(), BrokerError> {
+        let config = &self.config;
+        for name in &config.vhosts {
+            if self.vhost(name).is_none() {
+                self.definitions
+                    .put_vhost(&VhostDecl { name: name.clone() })?;
+                self.add_vhost_in_memory(name);
+            }
+        }
+        for u in &config.users {
+            let current = self.user(&u.name);
+            let unchanged = current
+                .as_ref()
+                .is_some_and(|c| c.tags == u.tags && c.check_password(&u.password));
+            if !unchanged {
+                let user = User::with_password(&u.name, &u.password, u.tags.clone());
+                self.definitions.put_user(&user)?;
+                self.users.write().unwrap().insert(user.name.clone(), user);
+            }
+        }
+        for p in &config.permissions {
+            let permission = Permission {
+                user: p.user.clone(),
+                vhost: p.vhost.clone(),
+                configure: p.configure.clone(),
+                write: p.write.clone(),
+                read: p.read.clone(),
+            };
+            self.definitions.put_permission(&permission)?;
+            self.add_permission_in_memory(&permission);
+        }
+        self.wal.sync()?;
         Ok(())
     }
 

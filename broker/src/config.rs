@@ -14,6 +14,31 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub default_user: DefaultUserConfig,
     pub storage: StorageConfig,
+    /// Vhosts to create at start if missing.
+    pub vhosts: Vec<String>,
+    /// Users to create (or whose password, tags are updated) at start.
+    pub users: Vec<UserConfig>,
+    /// Permissions to set at start.
+    pub permissions: Vec<PermissionConfig>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    pub password: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionConfig {
+    pub user: String,
+    pub vhost: String,
+    pub configure: String,
+    pub write: String,
+    pub read: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -73,6 +98,9 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             default_user: DefaultUserConfig::default(),
             storage: StorageConfig::default(),
+            vhosts: Vec::new(),
+            users: Vec::new(),
+            permissions: Vec::new(),
         }
     }
 }
@@ -149,6 +177,16 @@ impl Config {
             return Err(ConfigError(
                 "limits.consumer_flow_window and limits.queue_inbox_max must be positive".into(),
             ));
+        }
+        for p in &self.permissions {
+            for pattern in [&p.configure, &p.write, &p.read] {
+                regex::Regex::new(pattern).map_err(|e| {
+                    ConfigError(format!(
+                        "permission of user '{}' in vhost '{}': {e}",
+                        p.user, p.vhost
+                    ))
+                })?;
+            }
         }
         Ok(())
     }

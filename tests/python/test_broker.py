@@ -431,3 +431,66 @@ def test_persistent_messages_survive_a_crash(broker):
     m, _, body = ch.basic_get("durable-q", auto_ack=True)
     assert body == b"0" and m.redelivered
     assert ch.queue_declare("durable-q", passive=True).method.message_count == 99
+
+
+# ----- users, vhosts, permissions -----
+
+CONFIG = """
+vhosts = ["apps"]
+
+[[users]]
+name = "app"
+password = "s3cret"
+
+[[permissions]]
+user = "app"
+vhost = "apps"
+configure = "^app\\\\."
+write = "^(app\\\\..*|amq\\\\.default)$"
+read = "^app\\\\."
+"""
+
+
+@pytest.fixture
+def configured(tmp_path):
+    from conftest import Broker
+    import os
+
+    config = tmp_path / "warren.toml"
+    config.write_text(CONFIG)
+    b = Broker(os.environ["WARREN_BIN"], tmp_path / "data", tmp_path / "warren.log", ["--config", str(config)])
+    b.start()
+    yield b
+    b.kill()
+
+
+def test_permissions_are_enforced(configured):
+    creds = pika.PlainCredentials("app", "s3cret")
+    conn = configured.connect(credentials=creds, virtual_host="apps")
+    ch = conn.channel()
+    ch.queue_declare("app.jobs")
+    ch.basic_publish("", "app.jobs", b"allowed")
+    assert ch.basic_get("app.jobs", auto_ack=True)[2] == b"allowed"
+    with pytest.raises(ChannelClosedByBroker) as e:
+        ch.queue_declare("other")
+    assert reply_code_of(e) == 403
+    ch = conn.channel()
+    with pytest.raises(ChannelClosedByBroker) as e:
+        ch.exchange_declare("app.x", "direct", arguments={"alternate-exchange": "forbidden"})
+    assert reply_code_of(e) == 403
+    conn.close()
+    # guest has no permission in "apps".
+    with pytest.raises(AMQPConnectionError) as e:
+        configured.connect(virtual_host="apps")
+    assert "530" in repr(e.value) or "NOT_ALLOWED" in repr(e.value)
+    # and app has none in "/".
+    with pytest.raises(AMQPConnectionError):
+        configured.connect(credentials=creds)
+
+
+def test_configured_users_survive_restart(configured):
+    configured.kill()
+    configured.start()
+    conn = configured.connect(credentials=pika.PlainCredentials("app", "s3cret"), virtual_host="apps")
+    conn.channel().queue_declare("app.again")
+    conn.close()

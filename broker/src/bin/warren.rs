@@ -28,6 +28,9 @@ struct Args {
     /// Largest accepted message body, in octets.
     #[arg(long, env = "WARREN_MESSAGE_BYTES_MAX")]
     message_bytes_max: Option<u64>,
+    /// Publishers are blocked while the data directory has less free space than this, in octets.
+    #[arg(long, env = "WARREN_DISK_FREE_BYTES_MIN")]
+    disk_free_bytes_min: Option<u64>,
 }
 
 fn load_config(args: &Args) -> anyhow::Result<Config> {
@@ -50,6 +53,9 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(max) = args.message_bytes_max {
         config.limits.message_bytes_max = max;
+    }
+    if let Some(min) = args.disk_free_bytes_min {
+        config.limits.disk_free_bytes_min = min;
     }
     config.validate()?;
     Ok(config)

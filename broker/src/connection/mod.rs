@@ -509,6 +509,10 @@ impl Connection {
                     None => Stop::Now,
                 },
                 _ = ticker.tick(), if heartbeat_s > 0 => {
+                    // A connection we stopped reading (disk alarm) cannot be blamed for silence.
+                    if self.paused {
+                        last_received = Instant::now();
+                    }
                     if last_received.elapsed() > heartbeat * 2 {
                         tracing::warn!(timeout_s = heartbeat_s, "missed heartbeats from client; closing");
                         Stop::Now
