@@ -413,3 +413,58 @@ fn disk_alarm_blocks_publishers() {
         other => panic!("a blocked connection answered: {other:?}"),
     }
 }
+
+#[test]
+fn frames_pipelined_behind_connection_open_are_served() {
+    let warren = Warren::start();
+    let mut raw = Raw::connect(&warren);
+    raw.send_raw(b"AMQP\x00\x00\x09\x01");
+    assert!(matches!(
+        raw.read(),
+        Some(Frame::Method(0, Method::ConnectionStart(_)))
+    ));
+    raw.send(
+        0,
+        m::ConnectionStartOk {
+            client_properties: FieldTable::new(),
+            mechanism: "PLAIN".into(),
+            response: bytes::Bytes::from_static(b"\0guest\0guest"),
+            locale: "en_US".into(),
+        },
+    );
+    assert!(matches!(
+        raw.read(),
+        Some(Frame::Method(0, Method::ConnectionTune(_)))
+    ));
+    // tune-ok, open and channel.open in one write, without waiting for open-ok.
+    let mut buf = BytesMut::new();
+    frame::put_method(
+        &mut buf,
+        0,
+        &m::ConnectionTuneOk {
+            channel_max: 0,
+            frame_max: 131_072,
+            heartbeat: 0,
+        }
+        .into(),
+    );
+    frame::put_method(
+        &mut buf,
+        0,
+        &m::ConnectionOpen {
+            virtual_host: "/".into(),
+            ..Default::default()
+        }
+        .into(),
+    );
+    frame::put_method(&mut buf, 1, &m::ChannelOpen::default().into());
+    raw.send_raw(&buf);
+    assert!(matches!(
+        raw.read(),
+        Some(Frame::Method(0, Method::ConnectionOpenOk(_)))
+    ));
+    assert!(matches!(
+        raw.read(),
+        Some(Frame::Method(1, Method::ChannelOpenOk(_)))
+    ));
+}

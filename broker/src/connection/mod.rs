@@ -483,6 +483,12 @@ impl Connection {
         };
         let mut ticker = tokio::time::interval(tick_every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Frames pipelined behind connection.open arrived with it.
+        if !inbuf.is_empty() && self.process_input(&mut inbuf).await == Stop::Now {
+            self.flush();
+            return;
+        }
+        self.flush();
         loop {
             let close_deadline = self.closing_until;
             let stop = tokio::select! {
