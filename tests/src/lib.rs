@@ -9,6 +9,8 @@
 //! The storage engine's own crash tests (a child process SIGKILLed mid-append) live beside the
 //! engine in `storage/tests/`.
 
+pub mod raw;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
