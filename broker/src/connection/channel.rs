@@ -34,6 +34,10 @@ pub enum BodyParts {
 }
 
 impl BodyParts {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn len(&self) -> usize {
         match self {
             BodyParts::Empty => 0,

@@ -335,12 +335,7 @@ async fn handshake(
         Some((user, password)) => {
             let known = broker.user(&user);
             let valid = known.as_ref().is_some_and(|u| u.check_password(&password));
-            let loopback_only = broker
-                .config
-                .default_user
-                .loopback_users
-                .iter()
-                .any(|u| *u == user);
+            let loopback_only = broker.config.default_user.loopback_users.contains(&user);
             if !valid {
                 tracing::warn!(%user, %mechanism, "authentication failed");
                 let refusal = Refusal::access_refused(format!(
