@@ -81,9 +81,9 @@ pub struct CompiledPermission {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Access {
-    Configure,
-    Write,
-    Read,
+    Configure = 0,
+    Write = 1,
+    Read = 2,
 }
 
 impl Access {

@@ -494,3 +494,38 @@ def test_configured_users_survive_restart(configured):
     conn = configured.connect(credentials=pika.PlainCredentials("app", "s3cret"), virtual_host="apps")
     conn.channel().queue_declare("app.again")
     conn.close()
+
+
+def test_auto_delete_exchange_goes_with_its_last_binding(channel):
+    channel.exchange_declare("fleeting", "fanout", auto_delete=True)
+    channel.queue_declare("fq")
+    channel.queue_bind("fq", "fleeting")
+    channel.exchange_declare("fleeting", "fanout", passive=True, auto_delete=True)
+    channel.queue_unbind("fq", "fleeting")
+    with pytest.raises(ChannelClosedByBroker) as e:
+        channel.exchange_declare("fleeting", "fanout", passive=True)
+    assert reply_code_of(e) == 404
+
+
+def test_exclusive_consumer_locks_out_others(broker):
+    conn = broker.connect()
+    ch = conn.channel()
+    ch.queue_declare("solo")
+    ch.basic_consume("solo", lambda *a: None, exclusive=True)
+    other = conn.channel()
+    with pytest.raises(ChannelClosedByBroker) as e:
+        other.basic_consume("solo", lambda *a: None)
+    assert reply_code_of(e) == 403
+    conn.close()
+
+
+def test_transient_queue_and_messages_do_not_survive_restart(broker):
+    conn = broker.connect()
+    ch = conn.channel()
+    ch.queue_declare("durable-transient", durable=True)
+    ch.basic_publish("", "durable-transient", b"transient body")
+    conn.close()
+    broker.kill()
+    broker.start()
+    ch = broker.connect().channel()
+    assert ch.queue_declare("durable-transient", passive=True).method.message_count == 0

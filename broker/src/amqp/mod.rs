@@ -15,6 +15,7 @@
 pub mod constants;
 pub mod field;
 pub mod frame;
+pub mod fuzz;
 pub mod method;
 pub mod properties;
 pub mod wire;

@@ -74,15 +74,15 @@ impl Connection {
     }
 
     fn check(&mut self, access: Access, resource: &str) -> Result<(), Refusal> {
-        let key = (access, resource.to_string());
-        let allowed = match self.permission_cache.get(&key) {
+        let cache = &mut self.permission_cache[access as usize];
+        let allowed = match cache.get(resource) {
             Some(allowed) => *allowed,
             None => {
                 let allowed = self
                     .broker
                     .check(&self.user, &self.vhost.name, access, resource)
                     .is_ok();
-                self.permission_cache.insert(key, allowed);
+                cache.insert(resource.to_string(), allowed);
                 allowed
             }
         };

@@ -149,6 +149,15 @@ impl Actor {
     }
 
     fn fence(&mut self, error: crate::error::BrokerError) {
+        if let crate::error::BrokerError::Storage(warren_storage::StorageError::NoSpace {
+            ..
+        }) = &error
+        {
+            // Retryable: this publish is refused (nacked), the disk alarm blocks publishers,
+            // and the queue keeps serving.
+            tracing::warn!(%error, "disk full: publish refused");
+            return;
+        }
         if !self.fenced {
             tracing::error!(%error, "queue fenced after a storage failure: publishes are refused");
         }
