@@ -8,6 +8,7 @@ use crate::exchange::{Destination, Exchange};
 use crate::queue::QueueHandle;
 use std::cell::OnceCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 #[derive(Debug, Default)]
@@ -20,12 +21,18 @@ pub struct VhostState {
 pub struct Vhost {
     pub name: String,
     state: RwLock<VhostState>,
+    /// Bumped by every write access: a routing decision made at generation `g` stays valid
+    /// while the generation is `g` (connections cache them; see [`Routed::cacheable`]).
+    generation: AtomicU64,
 }
 
 /// Where a publish went.
 #[derive(Debug, Default)]
 pub struct Routed {
     pub queues: Vec<Arc<QueueHandle>>,
+    /// No headers exchange took part: the same exchange and routing key route the same way
+    /// until the topology changes.
+    pub cacheable: bool,
 }
 
 impl Vhost {
@@ -33,7 +40,12 @@ impl Vhost {
         Vhost {
             name: name.to_string(),
             state: RwLock::new(VhostState::default()),
+            generation: AtomicU64::new(0),
         }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     pub fn read(&self) -> RwLockReadGuard<'_, VhostState> {
@@ -41,7 +53,11 @@ impl Vhost {
     }
 
     pub fn write(&self) -> RwLockWriteGuard<'_, VhostState> {
-        self.state.write().unwrap_or_else(|e| e.into_inner())
+        let guard = self.state.write().unwrap_or_else(|e| e.into_inner());
+        // Bumped while the lock is held: a reader that saw the old generation routed with
+        // the old topology, and will see the new generation before trusting its cache.
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        guard
     }
 
     pub fn queue(&self, name: &str) -> Option<Arc<QueueHandle>> {
@@ -58,7 +74,10 @@ impl Vhost {
         headers: &dyn Fn() -> Option<FieldTable>,
     ) -> Option<Routed> {
         let state = self.read();
-        let mut routed = Routed::default();
+        let mut routed = Routed {
+            queues: Vec::new(),
+            cacheable: true,
+        };
         if exchange.is_empty() {
             if let Some(q) = state.queues.get(routing_key) {
                 routed.queues.push(Arc::clone(q));
@@ -78,6 +97,7 @@ impl Vhost {
                 continue;
             };
             let header_table = if x.needs_headers() {
+                routed.cacheable = false;
                 decoded.get_or_init(headers).as_ref()
             } else {
                 None

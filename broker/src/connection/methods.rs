@@ -729,27 +729,21 @@ impl Connection {
             }
             return 0;
         }
-        let headers = || message.decode_properties().headers;
-        let routed = self
-            .vhost
-            .route(exchange, routing_key, &headers)
-            .unwrap_or_default();
-        if routed.queues.is_empty() && mandatory {
+        let queues = self.route_cached(&message);
+        if queues.is_empty() && mandatory {
             self.basic_return(id, &message);
         }
         let token = if let Some(commit) = commit {
             Some(ConfirmToken::TxCommit(commit))
         } else if confirm {
             Some(ConfirmToken::Publish(
-                self.channel(id)
-                    .confirms
-                    .publish(routed.queues.len() as u32),
+                self.channel(id).confirms.publish(queues.len() as u32),
             ))
         } else {
             None
         };
         let mut answering = 0;
-        for queue in routed.queues {
+        for queue in queues.iter().cloned() {
             let target = token.map(|token| ConfirmTarget {
                 events: self.events.clone(),
                 owner,
@@ -771,6 +765,38 @@ impl Connection {
             }
         }
         answering
+    }
+
+    /// The queues a message routes to, from the route cache while the vhost's topology has not
+    /// changed.
+    fn route_cached(&mut self, message: &Message) -> Arc<[Arc<crate::queue::QueueHandle>]> {
+        /// Routes remembered per connection before the cache starts over.
+        const ROUTE_CACHE_MAX: usize = 1024;
+        let generation = self.vhost.generation();
+        let key = (message.exchange.clone(), message.routing_key.clone());
+        if let Some((at, queues)) = self.route_cache.get(&key) {
+            if *at == generation {
+                return Arc::clone(queues);
+            }
+        }
+        let headers = || message.decode_properties().headers;
+        let routed = self
+            .vhost
+            .route(
+                message.exchange.as_str(),
+                message.routing_key.as_str(),
+                &headers,
+            )
+            .unwrap_or_default();
+        let queues: Arc<[Arc<crate::queue::QueueHandle>]> = routed.queues.into();
+        if routed.cacheable {
+            if self.route_cache.len() >= ROUTE_CACHE_MAX {
+                self.route_cache.clear();
+            }
+            self.route_cache
+                .insert(key, (generation, Arc::clone(&queues)));
+        }
+        queues
     }
 
     fn basic_return(&mut self, id: u16, message: &Message) {

@@ -92,6 +92,9 @@ pub struct Connection {
     /// Permission answers already computed, per access kind (indexed by `Access as usize`):
     /// resource → allowed. Looked up without allocating on every publish.
     permission_cache: [HashMap<String, bool>; 3],
+    /// Routing decisions by (exchange, routing key), valid at the vhost generation stored with
+    /// them: a publish to a known route takes no lock on the vhost.
+    route_cache: HashMap<(ShortStr, ShortStr), (u64, Arc<[Arc<QueueHandle>]>)>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -165,6 +168,7 @@ pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
         closing_until: None,
         paused: false,
         permission_cache: Default::default(),
+        route_cache: HashMap::new(),
     };
     let _e = span.enter();
     connection
