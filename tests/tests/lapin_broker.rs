@@ -76,6 +76,19 @@ async fn consume(channel: &Channel, queue: &str, tag: &str) -> lapin::Consumer {
         .expect("basic.consume")
 }
 
+/// `queue.declare` with `passive`: the queue's figures, or the channel error.
+async fn passive(ch: &Channel, queue: &str) -> lapin::Result<lapin::Queue> {
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+}
+
 fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
     let mut t = FieldTable::default();
     for (k, v) in entries {
@@ -106,30 +119,13 @@ async fn confirmed_messages_survive_sigkill_and_come_back_redelivered() -> Resul
         }
     }
     // A synchronous round trip after the acks so they have reached the broker.
-    ch.queue_declare(
-        "orders".into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await?;
+    passive(&ch, "orders").await?;
     drop(consumer);
     warren.restart();
 
     let conn = connect(&warren).await;
     let ch = conn.create_channel().await?;
-    let q = ch
-        .queue_declare(
-            "orders".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let q = passive(&ch, "orders").await?;
     // Acks are synced lazily: an ack may come back, never a confirmed message go missing.
     assert!(
         (400..=500).contains(&q.message_count()),
@@ -229,16 +225,7 @@ async fn competing_consumers_share_round_robin_with_prefetch_one() -> Result<()>
     let mut seen = vec![da.data[0], db.data[0]];
     seen.sort();
     assert_eq!(seen, vec![0, 1]);
-    let q = ch
-        .queue_declare(
-            "work".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let q = passive(&ch, "work").await?;
     assert_eq!(q.message_count(), 2, "prefetch 1 holds the rest back");
     da.ack(BasicAckOptions::default()).await?;
     db.ack(BasicAckOptions::default()).await?;
@@ -518,28 +505,10 @@ async fn transactions_commit_and_roll_back() -> Result<()> {
         persistent(),
     )
     .await?;
-    let q = ch
-        .queue_declare(
-            "tx".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let q = passive(&ch, "tx").await?;
     assert_eq!(q.message_count(), 0, "nothing before commit");
     ch.tx_commit().await?;
-    let q = ch
-        .queue_declare(
-            "tx".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let q = passive(&ch, "tx").await?;
     assert_eq!(q.message_count(), 1);
     let m = ch
         .basic_get("tx".into(), BasicGetOptions::default())
@@ -548,16 +517,7 @@ async fn transactions_commit_and_roll_back() -> Result<()> {
     assert_eq!(m.delivery.data, b"c");
     m.delivery.ack(BasicAckOptions::default()).await?;
     ch.tx_rollback().await?;
-    let q = ch
-        .queue_declare(
-            "tx".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let q = passive(&ch, "tx").await?;
     assert_eq!(
         q.message_count(),
         0,
@@ -582,17 +542,7 @@ async fn channel_errors_carry_rabbitmq_reply_codes() -> Result<()> {
     );
 
     let ch = conn.create_channel().await?;
-    let e = ch
-        .queue_declare(
-            "missing".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect_err("404");
+    let e = passive(&ch, "missing").await.expect_err("404");
     assert_eq!(reply_code(&e), Some(404));
 
     let ch = conn.create_channel().await?;
@@ -600,15 +550,7 @@ async fn channel_errors_carry_rabbitmq_reply_codes() -> Result<()> {
     // basic.ack has no reply: the channel close arrives on the next call.
     let e = match e {
         Err(e) => e,
-        Ok(()) => ch
-            .queue_declare(
-                "once".into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        Ok(()) => passive(&ch, "once")
             .await
             .expect_err("channel closed by unknown delivery tag"),
     };
@@ -716,15 +658,7 @@ async fn durable_definitions_survive_restart_and_transient_ones_do_not() -> Resu
     warren.restart();
     let conn = connect(&warren).await;
     let ch = conn.create_channel().await?;
-    let e = ch
-        .queue_declare(
-            "dropped".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    let e = passive(&ch, "dropped")
         .await
         .expect_err("non-durable queue is gone");
     assert_eq!(reply_code(&e), Some(404));

@@ -60,12 +60,38 @@ impl Raw {
         Raw::open_with(warren, "PLAIN", b"\0guest\0guest", heartbeat)
     }
 
-    fn open_with(warren: &Warren, mechanism: &str, response: &[u8], heartbeat: u16) -> Raw {
+    /// Connects, reads `connection.start` and answers it with `mechanism` and `response`,
+    /// advertising the client capability `capability`.
+    fn start(
+        warren: &Warren,
+        mechanism: &str,
+        response: &[u8],
+        capability: &str,
+    ) -> (Raw, m::ConnectionStart) {
         let mut raw = Raw::connect(warren);
         raw.send_raw(b"AMQP\x00\x00\x09\x01");
         let Some(Frame::Method(0, Method::ConnectionStart(start))) = raw.read() else {
             panic!("no connection.start")
         };
+        let mut caps = FieldTable::new();
+        caps.insert(capability, FieldValue::Bool(true));
+        let mut props = FieldTable::new();
+        props.insert("capabilities", FieldValue::Table(caps));
+        raw.send(
+            0,
+            m::ConnectionStartOk {
+                client_properties: props,
+                mechanism: mechanism.into(),
+                response: bytes::Bytes::copy_from_slice(response),
+                locale: "en_US".into(),
+            },
+        );
+        (raw, start)
+    }
+
+    fn open_with(warren: &Warren, mechanism: &str, response: &[u8], heartbeat: u16) -> Raw {
+        let (mut raw, start) =
+            Raw::start(warren, mechanism, response, "authentication_failure_close");
         let FieldValue::Table(caps) = start
             .server_properties
             .get("capabilities")
@@ -91,19 +117,6 @@ impl Raw {
                 "capability {cap}"
             );
         }
-        let mut client_caps = FieldTable::new();
-        client_caps.insert("authentication_failure_close", FieldValue::Bool(true));
-        let mut props = FieldTable::new();
-        props.insert("capabilities", FieldValue::Table(client_caps));
-        raw.send(
-            0,
-            m::ConnectionStartOk {
-                client_properties: props,
-                mechanism: mechanism.into(),
-                response: bytes::Bytes::copy_from_slice(response),
-                locale: "en_US".into(),
-            },
-        );
         match raw.read() {
             Some(Frame::Method(0, Method::ConnectionTune(tune))) => {
                 assert_eq!(tune.frame_max, 131_072);
@@ -278,24 +291,11 @@ fn amqplain_authenticates_and_wrong_credentials_get_403() {
     let mut raw = Raw::open_with(&warren, "AMQPLAIN", &encoded[4..], 0);
     raw.open_channel(1);
 
-    let mut raw = Raw::connect(&warren);
-    raw.send_raw(b"AMQP\x00\x00\x09\x01");
-    assert!(matches!(
-        raw.read(),
-        Some(Frame::Method(0, Method::ConnectionStart(_)))
-    ));
-    let mut caps = FieldTable::new();
-    caps.insert("authentication_failure_close", FieldValue::Bool(true));
-    let mut props = FieldTable::new();
-    props.insert("capabilities", FieldValue::Table(caps));
-    raw.send(
-        0,
-        m::ConnectionStartOk {
-            client_properties: props,
-            mechanism: "PLAIN".into(),
-            response: bytes::Bytes::from_static(b"\0guest\0nope"),
-            locale: "en_US".into(),
-        },
+    let (mut raw, _) = Raw::start(
+        &warren,
+        "PLAIN",
+        b"\0guest\0nope",
+        "authentication_failure_close",
     );
     assert_eq!(raw.expect_close(), (0, 403));
 }
@@ -328,25 +328,7 @@ fn missed_client_heartbeats_close_the_socket() {
 fn disk_alarm_blocks_publishers() {
     // A free-space minimum no disk meets: the alarm is on from the start.
     let warren = Warren::start_with(&["--disk-free-bytes-min", "18446744073709551615"]);
-    let mut raw = Raw::connect(&warren);
-    raw.send_raw(b"AMQP\x00\x00\x09\x01");
-    assert!(matches!(
-        raw.read(),
-        Some(Frame::Method(0, Method::ConnectionStart(_)))
-    ));
-    let mut caps = FieldTable::new();
-    caps.insert("connection.blocked", FieldValue::Bool(true));
-    let mut props = FieldTable::new();
-    props.insert("capabilities", FieldValue::Table(caps));
-    raw.send(
-        0,
-        m::ConnectionStartOk {
-            client_properties: props,
-            mechanism: "PLAIN".into(),
-            response: bytes::Bytes::from_static(b"\0guest\0guest"),
-            locale: "en_US".into(),
-        },
-    );
+    let (mut raw, _) = Raw::start(&warren, "PLAIN", b"\0guest\0guest", "connection.blocked");
     assert!(matches!(
         raw.read(),
         Some(Frame::Method(0, Method::ConnectionTune(_)))
@@ -417,21 +399,7 @@ fn disk_alarm_blocks_publishers() {
 #[test]
 fn frames_pipelined_behind_connection_open_are_served() {
     let warren = Warren::start();
-    let mut raw = Raw::connect(&warren);
-    raw.send_raw(b"AMQP\x00\x00\x09\x01");
-    assert!(matches!(
-        raw.read(),
-        Some(Frame::Method(0, Method::ConnectionStart(_)))
-    ));
-    raw.send(
-        0,
-        m::ConnectionStartOk {
-            client_properties: FieldTable::new(),
-            mechanism: "PLAIN".into(),
-            response: bytes::Bytes::from_static(b"\0guest\0guest"),
-            locale: "en_US".into(),
-        },
-    );
+    let (mut raw, _) = Raw::start(&warren, "PLAIN", b"\0guest\0guest", "publisher_confirms");
     assert!(matches!(
         raw.read(),
         Some(Frame::Method(0, Method::ConnectionTune(_)))

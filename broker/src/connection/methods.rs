@@ -195,34 +195,12 @@ impl Connection {
                 Ok(())
             }
             Method::ExchangeBind(b) => {
-                self.exchange_binding(
-                    id,
-                    b.destination,
-                    b.source,
-                    b.routing_key,
-                    b.arguments,
-                    true,
-                )
-                .await?;
-                if !b.nowait {
-                    self.reply(id, m::ExchangeBindOk {});
-                }
-                Ok(())
+                let route = (b.destination, b.source, b.routing_key, b.arguments);
+                self.exchange_binding(id, route, true, b.nowait).await
             }
             Method::ExchangeUnbind(b) => {
-                self.exchange_binding(
-                    id,
-                    b.destination,
-                    b.source,
-                    b.routing_key,
-                    b.arguments,
-                    false,
-                )
-                .await?;
-                if !b.nowait {
-                    self.reply(id, m::ExchangeUnbindOk {});
-                }
-                Ok(())
+                let route = (b.destination, b.source, b.routing_key, b.arguments);
+                self.exchange_binding(id, route, false, b.nowait).await
             }
             Method::QueueDeclare(d) => self.queue_declare(id, d).await,
             Method::QueueBind(b) => {
@@ -437,14 +415,13 @@ impl Connection {
         Ok(())
     }
 
+    /// `exchange.bind` / `exchange.unbind` of (destination, source, routing key, arguments).
     async fn exchange_binding(
         &mut self,
-        _id: u16,
-        destination: ShortStr,
-        source: ShortStr,
-        routing_key: ShortStr,
-        arguments: FieldTable,
+        id: u16,
+        (destination, source, routing_key, arguments): (ShortStr, ShortStr, ShortStr, FieldTable),
         bind: bool,
+        nowait: bool,
     ) -> Result<(), Refusal> {
         self.check(Access::Write, exchange_resource(destination.as_str()))?;
         self.check(Access::Read, exchange_resource(source.as_str()))?;
@@ -454,11 +431,19 @@ impl Connection {
             routing_key: routing_key.as_str().to_string(),
             arguments: arguments.encode().to_vec(),
         };
+        let vhost = self.vhost.name.clone();
         if bind {
-            self.broker.bind(&self.vhost.name, self.id, binding).await
+            self.broker.bind(&vhost, self.id, binding).await?;
+            if !nowait {
+                self.reply(id, m::ExchangeBindOk {});
+            }
         } else {
-            self.broker.unbind(&self.vhost.name, self.id, binding).await
+            self.broker.unbind(&vhost, self.id, binding).await?;
+            if !nowait {
+                self.reply(id, m::ExchangeUnbindOk {});
+            }
         }
+        Ok(())
     }
 
     fn queue_binding(
