@@ -728,7 +728,7 @@ impl Connection {
             None
         };
         let mut answering = 0;
-        for queue in queues.iter().cloned() {
+        for queue in queues.iter() {
             let target = token.map(|token| ConfirmTarget {
                 events: self.events.clone(),
                 owner,

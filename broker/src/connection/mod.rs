@@ -40,6 +40,9 @@ const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Events handled per loop turn before the socket gets a turn.
 const EVENTS_PER_TURN: usize = 1024;
 
+/// The queues one (exchange, routing key) routes to.
+type RouteTargets = Arc<[Arc<QueueHandle>]>;
+
 /// Flow credit to hand back to a queue once deliveries are written.
 #[derive(Debug)]
 struct CreditReturn {
@@ -94,7 +97,7 @@ pub struct Connection {
     permission_cache: [HashMap<String, bool>; 3],
     /// Routing decisions by (exchange, routing key), valid at the vhost generation stored with
     /// them: a publish to a known route takes no lock on the vhost.
-    route_cache: HashMap<(ShortStr, ShortStr), (u64, Arc<[Arc<QueueHandle>]>)>,
+    route_cache: HashMap<(ShortStr, ShortStr), (u64, RouteTargets)>,
 }
 
 impl std::fmt::Debug for Connection {
