@@ -7,7 +7,8 @@ import pytest
 
 
 class Broker:
-    def __init__(self, binary, data_dir, log_path, args=()):
+    def __init__(self, binary, data_dir, log_path, args=(), listen="127.0.0.1:0"):
+        self.listen = listen
         self.binary = binary
         self.data_dir = data_dir
         self.log_path = log_path
@@ -18,7 +19,7 @@ class Broker:
     def start(self):
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [self.binary, "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0", *self.args],
+            [self.binary, "--data-dir", str(self.data_dir), "--listen", self.listen, *self.args],
             stdout=subprocess.PIPE,
             stderr=log,
         )

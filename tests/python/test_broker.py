@@ -529,3 +529,35 @@ def test_transient_queue_and_messages_do_not_survive_restart(broker):
     broker.start()
     ch = broker.connect().channel()
     assert ch.queue_declare("durable-transient", passive=True).method.message_count == 0
+
+
+def non_loopback_address():
+    """This machine's address on a non-loopback interface, if it has one."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.254", 9))  # no packet is sent for a UDP connect
+        address = probe.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    return None if address.startswith("127.") else address
+
+
+def test_guest_is_refused_from_a_non_loopback_address(tmp_path):
+    import os
+    from conftest import Broker
+
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("no non-loopback interface on this machine")
+    b = Broker(os.environ["WARREN_BIN"], tmp_path / "data", tmp_path / "warren.log", listen="0.0.0.0:0")
+    b.start()
+    try:
+        with pytest.raises(AMQPConnectionError) as e:
+            pika.BlockingConnection(pika.ConnectionParameters(address, b.port))
+        assert "can only connect via localhost" in repr(e.value)
+        # The same user from loopback is fine.
+        pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", b.port)).close()
+    finally:
+        b.kill()
