@@ -1,2 +1,5 @@
-//! `warren-benches`: criterion micro-benchmarks (`benches/benches/`) and, with the benchmark
-//! issue, the `warren-perf` load generator.
+//! `warren-benches`: criterion micro-benchmarks (`benches/benches/`) and the `warren-perf` load
+//! generator ([`perf`]), which speaks AMQP 0-9-1 to any broker (Warren or RabbitMQ) through
+//! Warren's own codec, so the client costs little CPU next to the broker it measures.
+
+pub mod perf;

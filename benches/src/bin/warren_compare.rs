@@ -1,0 +1,372 @@
+//! `warren-compare`: runs the same `warren-perf` scenarios against Warren and RabbitMQ 3.10
+//! (Debian's `rabbitmq-server`, installed with apt-get if missing) on this machine, alternating
+//! brokers within each repetition, and writes the medians side by side with their ratio as
+//! markdown, JSON and an SVG chart.
+//!
+//! ```sh
+//! cargo run --release -p warren-benches --bin warren-compare -- --repetitions 3 --seconds 10
+//! ```
+
+use anyhow::Context;
+use clap::Parser;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use warren_benches::perf::{self, Options, Report};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Repetitions of every scenario on each broker (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    repetitions: usize,
+    /// Seconds each timed scenario runs.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Where the table, the JSON and the chart go.
+    #[arg(long, default_value = "benches/results")]
+    out: PathBuf,
+    /// Only the scenarios whose name contains this.
+    #[arg(long)]
+    only: Option<String>,
+}
+
+struct Scenario {
+    name: &'static str,
+    tweak: fn(&mut Options),
+}
+
+fn scenarios() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "persistent 1 KiB, confirm window 100, 1 producer 1 consumer",
+            tweak: |_| {},
+        },
+        Scenario {
+            name: "persistent 1 KiB, confirm window 1000, 1 producer 1 consumer",
+            tweak: |o| o.confirm = 1000,
+        },
+        Scenario {
+            name: "persistent 16 B, confirm window 100, 1p 1c",
+            tweak: |o| o.size = 16,
+        },
+        Scenario {
+            name: "persistent 64 KiB, confirm window 100, 1p 1c",
+            tweak: |o| o.size = 65536,
+        },
+        Scenario {
+            name: "persistent 1 KiB, confirm window 100, 4 producers 4 consumers",
+            tweak: |o| {
+                o.producers = 4;
+                o.consumers = 4;
+            },
+        },
+        Scenario {
+            name: "persistent 1 KiB, publish 200k then drain (drain rate)",
+            tweak: |o| {
+                o.drain = true;
+                o.messages = Some(200_000);
+            },
+        },
+        Scenario {
+            name: "transient 1 KiB, confirm window 100, 1p 1c",
+            tweak: |o| o.transient = true,
+        },
+        Scenario {
+            name: "persistent 1 KiB at a fixed 5000 msg/s (latency)",
+            tweak: |o| o.rate = 5000,
+        },
+    ]
+}
+
+/// A broker process under test.
+struct Broker {
+    name: &'static str,
+    addr: String,
+    /// The process doing the broker's work (RabbitMQ's beam.smp, not its start script).
+    pid: u32,
+    child: Child,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for_port(addr: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::net::TcpStream::connect(addr).is_err() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{addr} did not open within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+fn start_warren(dir: &Path) -> anyhow::Result<Broker> {
+    let binary = warren_tests::warren_binary();
+    let addr = "127.0.0.1:5690".to_string();
+    let child = Command::new(binary)
+        .args(["--data-dir"])
+        .arg(dir.join("warren"))
+        .args(["--listen", &addr])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting warren")?;
+    wait_for_port(&addr, Duration::from_secs(30))?;
+    let pid = child.id();
+    Ok(Broker {
+        name: "Warren",
+        addr,
+        pid,
+        child,
+    })
+}
+
+const RABBIT: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+
+fn start_rabbitmq(dir: &Path) -> anyhow::Result<Broker> {
+    if !Path::new(RABBIT).exists() {
+        eprintln!("installing RabbitMQ from Debian's rabbitmq-server package");
+        let status = Command::new("apt-get")
+            .args(["install", "-y", "-q", "rabbitmq-server"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()?;
+        anyhow::ensure!(status.success(), "apt-get install rabbitmq-server failed");
+    }
+    let base = dir.join("rabbitmq");
+    std::fs::create_dir_all(&base)?;
+    let addr = "127.0.0.1:5691".to_string();
+    // The node runs as the current user from its own directories (the Debian wrapper in
+    // /usr/sbin would switch to the rabbitmq user and the system-wide node).
+    let child = Command::new(RABBIT)
+        .env("RABBITMQ_NODENAME", "compare@localhost")
+        .env("RABBITMQ_NODE_PORT", "5691")
+        .env("RABBITMQ_DIST_PORT", "25691")
+        .env("RABBITMQ_MNESIA_BASE", base.join("mnesia"))
+        .env("RABBITMQ_LOG_BASE", base.join("log"))
+        .env(
+            "RABBITMQ_ENABLED_PLUGINS_FILE",
+            base.join("enabled_plugins"),
+        )
+        .env("HOME", &base)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting rabbitmq-server")?;
+    wait_for_port(&addr, Duration::from_secs(120))?;
+    // The broker's CPU is the beam.smp process of this node.
+    // The node's command line carries its home directory (not its name).
+    let pattern = format!("beam.smp.*{}", base.display());
+    let output = Command::new("pgrep").args(["-f", &pattern]).output()?;
+    let pid = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .context("finding RabbitMQ's beam.smp")?;
+    Ok(Broker {
+        name: "RabbitMQ 3.10",
+        addr,
+        pid,
+        child,
+    })
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+/// The figure a scenario is judged by: consume rate (msg/s), or p99 end-to-end latency for the
+/// fixed-rate scenario.
+fn headline(name: &str, r: &Report) -> f64 {
+    if name.contains("fixed") {
+        r.end_to_end_latency.p99_us as f64
+    } else {
+        r.consume_rate
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Row {
+    scenario: String,
+    unit: &'static str,
+    warren: f64,
+    rabbitmq: f64,
+    ratio: f64,
+    warren_confirm_p99_us: f64,
+    rabbitmq_confirm_p99_us: f64,
+    warren_cpu_us_per_message: f64,
+    rabbitmq_cpu_us_per_message: f64,
+}
+
+fn svg_chart(rows: &[Row]) -> String {
+    let bars: Vec<&Row> = rows.iter().filter(|r| r.unit == "msg/s").collect();
+    let row_height = 46.0;
+    let width = 900.0;
+    let left = 330.0;
+    let max = bars
+        .iter()
+        .map(|r| r.warren.max(r.rabbitmq))
+        .fold(1.0, f64::max);
+    let scale = (width - left - 120.0) / max;
+    let height = 40.0 + row_height * bars.len() as f64 + 30.0;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <text x=\"10\" y=\"20\" font-size=\"14\">Throughput, msg/s (median); Warren (dark) vs RabbitMQ 3.10 (light)</text>\n"
+    );
+    for (i, r) in bars.iter().enumerate() {
+        let y = 40.0 + row_height * i as f64;
+        let label: String = r.scenario.chars().take(52).collect();
+        svg += &format!("<text x=\"10\" y=\"{}\">{}</text>\n", y + 16.0, label);
+        for (j, (value, color)) in [(r.warren, "#1f4e79"), (r.rabbitmq, "#f4a261")]
+            .iter()
+            .enumerate()
+        {
+            let by = y + 4.0 + 18.0 * j as f64;
+            svg += &format!(
+                "<rect x=\"{left}\" y=\"{by}\" width=\"{:.1}\" height=\"14\" fill=\"{color}\"/>\
+                 <text x=\"{:.1}\" y=\"{:.1}\">{:.0}</text>\n",
+                value * scale,
+                left + value * scale + 4.0,
+                by + 11.0,
+                value
+            );
+        }
+    }
+    svg += "</svg>\n";
+    svg
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::Builder::new()
+        .prefix("warren-compare-")
+        .tempdir()?;
+    let warren = start_warren(dir.path())?;
+    let rabbit = start_rabbitmq(dir.path())?;
+    let mut results: Vec<(String, Vec<Report>, Vec<Report>)> = Vec::new();
+    for scenario in scenarios() {
+        if args
+            .only
+            .as_ref()
+            .is_some_and(|o| !scenario.name.contains(o.as_str()))
+        {
+            continue;
+        }
+        let mut per_broker: [Vec<Report>; 2] = [Vec::new(), Vec::new()];
+        for repetition in 0..args.repetitions {
+            for (b, broker) in [&warren, &rabbit].into_iter().enumerate() {
+                let mut options = perf::default_options();
+                options.addr = broker.addr.clone();
+                options.duration_s = args.seconds;
+                options.broker_pid = Some(broker.pid);
+                options.queue = format!("compare-{}", results.len());
+                options.label = format!("{} / {}", broker.name, scenario.name);
+                (scenario.tweak)(&mut options);
+                let report = perf::run(options)
+                    .await
+                    .with_context(|| format!("{} on {}", scenario.name, broker.name))?;
+                eprintln!(
+                    "[{}/{}] {:<14} {:<66} {:>9.0} msg/s  p99 e2e {:>6} µs  cpu {:>5.1} µs/msg  lost {}",
+                    repetition + 1,
+                    args.repetitions,
+                    broker.name,
+                    scenario.name,
+                    report.consume_rate,
+                    report.end_to_end_latency.p99_us,
+                    report.broker_cpu_us_per_message.unwrap_or(f64::NAN),
+                    report.lost
+                );
+                anyhow::ensure!(
+                    report.lost == 0,
+                    "{} lost messages on {}",
+                    report.lost,
+                    broker.name
+                );
+                per_broker[b].push(report);
+            }
+        }
+        let [w, r] = per_broker;
+        results.push((scenario.name.to_string(), w, r));
+    }
+    let rows: Vec<Row> = results
+        .iter()
+        .map(|(name, w, r)| {
+            let m = |reports: &[Report], f: &dyn Fn(&Report) -> f64| {
+                median(&mut reports.iter().map(f).collect::<Vec<_>>())
+            };
+            let warren = m(w, &|x| headline(name, x));
+            let rabbitmq = m(r, &|x| headline(name, x));
+            let latency = name.contains("fixed");
+            Row {
+                scenario: name.clone(),
+                unit: if latency { "p99 µs" } else { "msg/s" },
+                warren,
+                rabbitmq,
+                ratio: if latency {
+                    rabbitmq / warren
+                } else {
+                    warren / rabbitmq
+                },
+                warren_confirm_p99_us: m(w, &|x| x.confirm_latency.p99_us as f64),
+                rabbitmq_confirm_p99_us: m(r, &|x| x.confirm_latency.p99_us as f64),
+                warren_cpu_us_per_message: m(w, &|x| {
+                    x.broker_cpu_us_per_message.unwrap_or(f64::NAN)
+                }),
+                rabbitmq_cpu_us_per_message: m(r, &|x| {
+                    x.broker_cpu_us_per_message.unwrap_or(f64::NAN)
+                }),
+            }
+        })
+        .collect();
+    let revision = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let mut md = format!(
+        "Medians of {} repetitions of {} s each, Warren {revision} vs RabbitMQ 3.10 (Debian), \
+         alternating on the same machine. Ratio = Warren / RabbitMQ for rates, RabbitMQ / Warren \
+         for latency (higher is better for Warren).\n\n\
+         | scenario | Warren | RabbitMQ | ratio | confirm p99 µs (W / R) | broker CPU µs/msg (W / R) |\n\
+         |---|---|---|---|---|---|\n",
+        args.repetitions, args.seconds
+    );
+    for r in &rows {
+        md += &format!(
+            "| {} | {:.0} {} | {:.0} {} | {:.2}× | {:.0} / {:.0} | {:.1} / {:.1} |\n",
+            r.scenario,
+            r.warren,
+            r.unit,
+            r.rabbitmq,
+            r.unit,
+            r.ratio,
+            r.warren_confirm_p99_us,
+            r.rabbitmq_confirm_p99_us,
+            r.warren_cpu_us_per_message,
+            r.rabbitmq_cpu_us_per_message
+        );
+    }
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::write(args.out.join("latest.md"), &md)?;
+    std::fs::write(
+        args.out.join("latest.json"),
+        serde_json::to_string_pretty(&rows)?,
+    )?;
+    std::fs::write(args.out.join("latest.svg"), svg_chart(&rows))?;
+    println!("{md}");
+    drop(rabbit);
+    drop(warren);
+    Ok(())
+}
