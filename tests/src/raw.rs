@@ -1,6 +1,6 @@
 //! A minimal asynchronous AMQP client on Warren's own codec: enough to publish persistent
 //! messages with confirms at full speed (client libraries cost more CPU than the broker), and to
-//! consume. Used by the backlog test and `warren-publish-probe`.
+//! consume. Used by the backlog test.
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
