@@ -152,45 +152,4 @@ impl Client {
         self.published += count;
         Ok(())
     }
-
-    /// Consumes `count` messages from `queue` with prefetch `prefetch`, acking each.
-    pub async fn consume_acking(
-        &mut self,
-        queue: &str,
-        count: u64,
-        prefetch: u16,
-    ) -> anyhow::Result<()> {
-        self.send(
-            1,
-            m::BasicQos {
-                prefetch_count: prefetch,
-                ..Default::default()
-            },
-        );
-        self.send(
-            1,
-            m::BasicConsume {
-                queue: queue.into(),
-                ..Default::default()
-            },
-        );
-        self.flush().await?;
-        let mut got = 0;
-        while got < count {
-            if let Frame::Method(_, Method::BasicDeliver(d)) = self.read().await? {
-                got += 1;
-                self.send(
-                    1,
-                    m::BasicAck {
-                        delivery_tag: d.delivery_tag,
-                        multiple: false,
-                    },
-                );
-                if got % 64 == 0 || got == count {
-                    self.flush().await?;
-                }
-            }
-        }
-        Ok(())
-    }
 }
