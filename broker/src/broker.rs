@@ -97,6 +97,7 @@ impl Broker {
         })?;
         let mut wal_config = WalConfig::new(config.data_dir.join("wal"));
         wal_config.segment_bytes_max = config.storage.segment_bytes;
+        wal_config.prepare_segments = config.storage.prepare_segments;
         wal_config.checkpoint_interval_ms = config.storage.checkpoint_interval_ms;
         wal_config.group_commit_wait_us_max = config.storage.group_commit_wait_us_max;
         wal_config.record_bytes_max = (config.limits.message_bytes_max + 128 * 1024)

@@ -86,6 +86,9 @@ pub struct DefaultUserConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     pub segment_bytes: u64,
+    /// Zero-fill the next segment ahead of time (cheaper fdatasync of multi-page batches on
+    /// ext4, at the cost of writing each segment twice).
+    pub prepare_segments: bool,
     pub checkpoint_interval_ms: u64,
     pub group_commit_wait_us_max: u64,
 }
@@ -145,6 +148,7 @@ impl Default for StorageConfig {
     fn default() -> StorageConfig {
         StorageConfig {
             segment_bytes: 64 * 1024 * 1024,
+            prepare_segments: true,
             checkpoint_interval_ms: 2000,
             group_commit_wait_us_max: 500,
         }

@@ -561,3 +561,21 @@ def test_guest_is_refused_from_a_non_loopback_address(tmp_path):
         pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", b.port)).close()
     finally:
         b.kill()
+
+
+def test_transactional_acks_settle_once_and_return_on_close(broker):
+    conn = broker.connect()
+    ch = conn.channel()
+    ch.queue_declare("txq")
+    ch.basic_publish("", "txq", b"one")
+    ch.tx_select()
+    m, _, _ = ch.basic_get("txq")
+    ch.basic_ack(m.delivery_tag)
+    ch.basic_ack(m.delivery_tag)  # already settled inside this transaction
+    with pytest.raises(ChannelClosedByBroker) as e:
+        ch.tx_commit()
+    assert reply_code_of(e) == 406
+    # The channel died with an uncommitted ack: the message is back, redelivered.
+    m, _, body = conn.channel().basic_get("txq", auto_ack=True)
+    assert body == b"one" and m.redelivered
+    conn.close()

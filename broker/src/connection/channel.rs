@@ -167,7 +167,9 @@ pub struct TxPublish {
 #[derive(Debug, Default)]
 pub struct Transaction {
     pub publishes: Vec<TxPublish>,
-    pub settles: Vec<(Vec<u64>, SettleAction)>,
+    /// Settles held until commit: the deliveries are out of `Channel::unacked` (so a tag cannot
+    /// be settled twice) and go back there on rollback.
+    pub settles: Vec<(Vec<(u64, Unacked)>, SettleAction)>,
     /// A commit waiting for its publishes' queues: (commit id, answers outstanding, refused).
     pub committing: Option<(u64, u32, bool)>,
     pub commits: u64,
@@ -254,11 +256,17 @@ impl Channel {
     /// Every queue this channel has consumers on or unacked deliveries from.
     pub fn queues_involved(&self) -> Vec<Arc<QueueHandle>> {
         let mut queues: Vec<Arc<QueueHandle>> = Vec::new();
+        let held = self
+            .tx
+            .settles
+            .iter()
+            .flat_map(|(taken, _)| taken.iter().map(|(_, u)| &u.queue));
         let all = self
             .consumers
             .values()
             .map(|c| &c.queue)
-            .chain(self.unacked.values().map(|u| &u.queue));
+            .chain(self.unacked.values().map(|u| &u.queue))
+            .chain(held);
         for q in all {
             if !queues.iter().any(|x| x.id == q.id) {
                 queues.push(Arc::clone(q));

@@ -366,7 +366,9 @@ impl Connection {
                     return Err(Refusal::precondition("channel is not transactional"));
                 }
                 ch.tx.publishes.clear();
-                ch.tx.settles.clear();
+                for (taken, _) in std::mem::take(&mut ch.tx.settles) {
+                    ch.unacked.extend(taken);
+                }
                 self.reply(id, m::TxRollbackOk {});
                 Ok(())
             }
@@ -818,8 +820,8 @@ impl Connection {
                 .route(id, p.message, p.mandatory, false, Some(commit))
                 .await;
         }
-        for (tags, action) in settles {
-            self.apply_settle(id, tags, action).await;
+        for (taken, action) in settles {
+            self.settle_taken(id, taken, action).await;
         }
         let ch = self.channel(id);
         match &mut ch.tx.committing {
@@ -930,26 +932,12 @@ impl Connection {
             return Err(Refusal::precondition(format!("unknown delivery tag {tag}")));
         };
         if ch.mode == Mode::Transactional && tag != 0 {
-            // Held until commit; the tags are already taken so they cannot be settled twice.
-            let owner_tags: Vec<u64> = taken.iter().map(|(t, _)| *t).collect();
-            for (t, u) in taken {
-                ch.unacked.insert(t, u);
-            }
-            ch.tx.settles.push((owner_tags, action));
+            // Held until commit (and out of `unacked`, so they cannot be settled twice).
+            ch.tx.settles.push((taken, action));
             return Ok(());
         }
         self.settle_taken(id, taken, action).await;
         Ok(())
-    }
-
-    /// Applies a settle held by a transaction.
-    async fn apply_settle(&mut self, id: u16, tags: Vec<u64>, action: SettleAction) {
-        let ch = self.channel(id);
-        let taken: Vec<(u64, Unacked)> = tags
-            .into_iter()
-            .filter_map(|t| ch.unacked.remove(&t).map(|u| (t, u)))
-            .collect();
-        self.settle_taken(id, taken, action).await;
     }
 
     async fn settle_taken(&mut self, id: u16, taken: Vec<(u64, Unacked)>, action: SettleAction) {
