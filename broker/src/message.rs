@@ -85,7 +85,7 @@ pub struct StoredMessage {
 const RECORD_VERSION: u8 = 1;
 
 impl StoredMessage {
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> BytesMut {
         let m = &self.message;
         let mut buf = BytesMut::with_capacity(32 + m.properties.len() + m.body.len());
         let mut w = Writer::new(&mut buf);
@@ -96,7 +96,7 @@ impl StoredMessage {
         w.short_str(&m.routing_key);
         w.long_str(&m.properties);
         w.raw(&m.body);
-        buf.to_vec()
+        buf
     }
 
     pub fn decode(bytes: Bytes) -> Result<StoredMessage, CodecError> {
@@ -147,7 +147,7 @@ mod tests {
             transient: false,
         };
         assert_eq!(
-            StoredMessage::decode(Bytes::from(stored.encode())).unwrap(),
+            StoredMessage::decode(stored.encode().freeze()).unwrap(),
             stored
         );
     }

@@ -90,7 +90,11 @@ pub(crate) fn run_maintenance(shared: &Shared) {
                 tracing::warn!(%error, "checkpoint failed; the changes stay in memory and are retried");
             }
         }
-        if let Err(error) = compaction::compact(shared, shared.config.compaction_dead_ratio) {
+        if let Err(error) = compaction::compact(
+            shared,
+            shared.config.compaction_dead_ratio,
+            compaction::YOUNG_SEGMENTS,
+        ) {
             tracing::warn!(%error, "compaction failed");
         }
     }

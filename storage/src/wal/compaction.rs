@@ -37,17 +37,33 @@ pub struct CompactionReport {
 /// Frames moved per hold of the state lock, so appenders are not stalled for long.
 const FRAMES_PER_LOCK: usize = 256;
 
-pub(crate) fn compact(shared: &Shared, dead_ratio_min: f64) -> Result<CompactionReport> {
+/// Sealed segments this close to the head are compacted only once they are entirely dead: their
+/// live records are mostly deliveries in flight that consumers are about to settle, and moving
+/// them would write them twice for nothing (the background pass; explicit calls pass 0).
+pub(crate) const YOUNG_SEGMENTS: u64 = 2;
+
+pub(crate) fn compact(
+    shared: &Shared,
+    dead_ratio_min: f64,
+    young_segments: u64,
+) -> Result<CompactionReport> {
     let _serial = lock(&shared.maintenance);
     let capacity = shared.config.segment_bytes_max as f64;
     let victims: Vec<SegmentId> = {
         let state = lock(&shared.state);
         state.check_usable()?;
+        let young_from = state.active.0.saturating_sub(young_segments);
         state
             .segments
             .iter()
             .filter(|(id, _)| **id < state.active)
-            .filter(|(_, s)| 1.0 - s.live.bytes as f64 / capacity >= dead_ratio_min)
+            .filter(|(id, s)| {
+                if id.0 >= young_from {
+                    s.live.records == 0
+                } else {
+                    1.0 - s.live.bytes as f64 / capacity >= dead_ratio_min
+                }
+            })
             .map(|(id, _)| *id)
             .collect()
     };

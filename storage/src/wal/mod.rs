@@ -531,14 +531,15 @@ impl Wal {
         checkpoint::checkpoint_serialized(&self.shared)
     }
 
-    /// Compacts every sealed segment that is at least `compaction_dead_ratio` dead.
+    /// Compacts every sealed segment that is at least `compaction_dead_ratio` dead (the
+    /// background pass spares the newest sealed segments until they are entirely dead).
     pub fn compact(&self) -> Result<CompactionReport> {
-        compaction::compact(&self.shared, self.shared.config.compaction_dead_ratio)
+        compaction::compact(&self.shared, self.shared.config.compaction_dead_ratio, 0)
     }
 
     /// Compacts every sealed segment with any dead data (used by tests and before backups).
     pub fn compact_all(&self) -> Result<CompactionReport> {
-        compaction::compact(&self.shared, 0.0)
+        compaction::compact(&self.shared, 0.0, 0)
     }
 
     /// Syncs, checkpoints and stops the log's threads.
