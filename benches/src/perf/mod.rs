@@ -412,9 +412,13 @@ async fn consumer(
     counters: Arc<Counters>,
     latency: Arc<Mutex<Histogram<u64>>>,
     seen: Arc<Mutex<Seen>>,
-    mut expected: tokio::sync::watch::Receiver<u64>,
+    expected_tx: Arc<tokio::sync::watch::Sender<u64>>,
     started: Instant,
 ) -> anyhow::Result<()> {
+    // The target is set once the producers finish; whichever consumer receives the last
+    // message touches the watch so the others wake up too (a watch remembers the change, so a
+    // consumer about to wait cannot miss it).
+    let mut expected = expected_tx.subscribe();
     let (mut reader, mut writer) = client::connect(&target).await?;
     writer.method(m::BasicQos {
         prefetch_count: options.prefetch,
@@ -446,6 +450,7 @@ async fn consumer(
                 let Some((tag, redelivered)) = pending_deliver else {
                     continue;
                 };
+
                 // Bodies up to frame_max arrive in one frame; the header is at the start.
                 if let Some((producer, seq, sent)) = body::read(&chunk) {
                     pending_deliver = None;
@@ -454,7 +459,10 @@ async fn consumer(
                     seen.lock()
                         .expect("not poisoned")
                         .mark(producer, seq, redelivered);
-                    counters.received.fetch_add(1, Ordering::Relaxed);
+                    let received = counters.received.fetch_add(1, Ordering::Relaxed) + 1;
+                    if received >= *expected_tx.borrow() {
+                        expected_tx.send_modify(|_| {});
+                    }
                     if !options.auto_ack {
                         unacked += 1;
                         if unacked >= options.multi_ack {
@@ -516,7 +524,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         redelivered: 0,
     }));
     let stop = Arc::new(AtomicBool::new(false));
-    let (expected_tx, expected) = tokio::sync::watch::channel(u64::MAX);
+    let expected_tx = Arc::new(tokio::sync::watch::channel(u64::MAX).0);
     let cpu_before = options.broker_pid.and_then(cpu_seconds);
     let started = Instant::now();
 
@@ -529,7 +537,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
                     Arc::clone(counters),
                     Arc::clone(&e2e_latency),
                     Arc::clone(&seen),
-                    expected.clone(),
+                    Arc::clone(&expected_tx),
                     started,
                 ))
             })
@@ -572,7 +580,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     let publish_seconds = started.elapsed().as_secs_f64();
     // Consumers stop once they have everything that was published and not refused.
     let nacked = counters.nacked.load(Ordering::Relaxed);
-    let _ = expected_tx.send(published - nacked);
+    expected_tx.send_replace(published - nacked);
     let consume_started = Instant::now();
     if options.drain {
         consumers = start_consumers(&counters);
