@@ -33,6 +33,12 @@ class Broker:
             self.proc.wait()
             self.proc = None
 
+    def terminate(self):
+        """SIGTERM: connections are closed with 320 and the log is synced before exit."""
+        self.proc.terminate()
+        assert self.proc.wait(timeout=30) == 0
+        self.proc = None
+
     def params(self, **kwargs):
         kwargs.setdefault("credentials", pika.PlainCredentials("guest", "guest"))
         return pika.ConnectionParameters("127.0.0.1", self.port, **kwargs)

@@ -579,3 +579,23 @@ def test_transactional_acks_settle_once_and_return_on_close(broker):
     m, _, body = conn.channel().basic_get("txq", auto_ack=True)
     assert body == b"one" and m.redelivered
     conn.close()
+
+
+def test_synced_acks_are_never_redelivered(broker):
+    """Guarantee 2: once the log holding an ack is synced (SIGTERM syncs it), the acked message
+    never comes back; the unacked ones all do, in order."""
+    conn = broker.connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.queue_declare("acked", durable=True)
+    for i in range(10):
+        ch.basic_publish("", "acked", str(i).encode(), PERSISTENT)
+    for _ in range(5):
+        m, _, _ = ch.basic_get("acked")
+        ch.basic_ack(m.delivery_tag)
+    ch.queue_declare("acked", durable=True, passive=True)  # a round trip after the acks
+    conn.close()
+    broker.terminate()
+    broker.start()
+    ch = broker.connect().channel()
+    assert get_all(ch, "acked") == [str(i).encode() for i in range(5, 10)]

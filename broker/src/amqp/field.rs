@@ -186,6 +186,16 @@ impl FieldTable {
         FieldTable(Vec::new())
     }
 
+    /// A table of the given entries, in order.
+    pub fn from_entries(entries: &[(&str, FieldValue)]) -> FieldTable {
+        FieldTable(
+            entries
+                .iter()
+                .map(|(k, v)| (ShortStr::new(k), v.clone()))
+                .collect(),
+        )
+    }
+
     pub fn get(&self, name: &str) -> Option<&FieldValue> {
         self.0
             .iter()

@@ -4,7 +4,7 @@
 use crate::amqp::method::BasicPublish;
 use crate::amqp::properties::ContentHeader;
 use crate::amqp::ShortStr;
-use crate::delivery::{ChannelCredit, ChannelRef};
+use crate::delivery::{ChannelCredit, ChannelRef, Delivery};
 use crate::message::Message;
 use crate::queue::{QueueHandle, SettleAction};
 use bytes::{Bytes, BytesMut};
@@ -232,6 +232,29 @@ impl Channel {
             consumer_prefetch: 0,
             credit: Arc::new(ChannelCredit::default()),
         }
+    }
+
+    /// The next delivery tag of this channel.
+    pub fn next_tag(&mut self) -> u64 {
+        let tag = self.next_delivery_tag;
+        self.next_delivery_tag += 1;
+        tag
+    }
+
+    /// Assigns a delivery its tag; one the client must settle is remembered under it.
+    pub fn track_delivery(&mut self, delivery: &Delivery, from_consumer: bool) -> u64 {
+        let tag = self.next_tag();
+        if delivery.ack_required {
+            self.unacked.insert(
+                tag,
+                Unacked {
+                    queue: Arc::clone(&delivery.queue),
+                    seq: delivery.seq,
+                    from_consumer,
+                },
+            );
+        }
+        tag
     }
 
     /// Takes the unacked deliveries a settle names: `tag` alone, or every one up to `tag` when

@@ -886,19 +886,7 @@ impl Connection {
         match answer {
             None => self.reply(id, m::BasicGetEmpty::default()),
             Some(delivery) => {
-                let ch = self.channel(id);
-                let tag = ch.next_delivery_tag;
-                ch.next_delivery_tag += 1;
-                if delivery.ack_required {
-                    ch.unacked.insert(
-                        tag,
-                        Unacked {
-                            queue: Arc::clone(&delivery.queue),
-                            seq: delivery.seq,
-                            from_consumer: false,
-                        },
-                    );
-                }
+                let tag = self.channel(id).track_delivery(&delivery, false);
                 let method: Method = m::BasicGetOk {
                     delivery_tag: tag,
                     redelivered: delivery.redelivered,
@@ -1010,18 +998,7 @@ impl Connection {
             }
             return;
         }
-        let delivery_tag = ch.next_delivery_tag;
-        ch.next_delivery_tag += 1;
-        if delivery.ack_required {
-            ch.unacked.insert(
-                delivery_tag,
-                Unacked {
-                    queue: Arc::clone(&delivery.queue),
-                    seq: delivery.seq,
-                    from_consumer: true,
-                },
-            );
-        }
+        let delivery_tag = ch.track_delivery(&delivery, true);
         let method: Method = m::BasicDeliver {
             consumer_tag: tag.clone(),
             delivery_tag,
@@ -1063,8 +1040,7 @@ impl Connection {
         let Some(tag) = ch.reply_to_consumer.clone() else {
             return;
         };
-        let delivery_tag = ch.next_delivery_tag;
-        ch.next_delivery_tag += 1;
+        let delivery_tag = ch.next_tag();
         let method: Method = m::BasicDeliver {
             consumer_tag: tag,
             delivery_tag,

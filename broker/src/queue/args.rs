@@ -201,11 +201,7 @@ mod tests {
     use super::*;
 
     fn table(entries: &[(&str, FieldValue)]) -> FieldTable {
-        let mut t = FieldTable::new();
-        for (k, v) in entries {
-            t.insert(k, v.clone());
-        }
-        t
+        FieldTable::from_entries(entries)
     }
 
     #[test]
