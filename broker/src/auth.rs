@@ -77,6 +77,7 @@ pub struct CompiledPermission {
     configure: Regex,
     write: Regex,
     read: Regex,
+    source: Permission,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -111,7 +112,13 @@ impl CompiledPermission {
             configure: build(&permission.configure)?,
             write: build(&permission.write)?,
             read: build(&permission.read)?,
+            source: permission.clone(),
         })
+    }
+
+    /// The expressions as given.
+    pub fn source(&self) -> &Permission {
+        &self.source
     }
 
     pub fn allows(&self, access: Access, resource: &str) -> bool {

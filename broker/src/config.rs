@@ -8,9 +8,12 @@ use std::path::PathBuf;
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// This node's name in statistics and (later) the cluster. Default: `warren@<hostname>`.
+    pub node_name: String,
     /// Where the write-ahead log, its index and the definitions live.
     pub data_dir: PathBuf,
     pub amqp: AmqpConfig,
+    pub admin: AdminConfig,
     pub limits: LimitsConfig,
     pub default_user: DefaultUserConfig,
     pub storage: StorageConfig,
@@ -52,6 +55,30 @@ pub struct AmqpConfig {
     pub heartbeat_s: u16,
     /// How long a client has to finish the handshake, in milliseconds.
     pub handshake_timeout_ms: u64,
+}
+
+/// The admin plane: gRPC (`warrenctl`, `grpcurl`) and Prometheus metrics over HTTP.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    /// gRPC listen address (loopback by default: the admin plane can change everything).
+    pub listen: SocketAddr,
+    /// HTTP listen address of `/metrics` (Prometheus text format).
+    pub metrics_listen: SocketAddr,
+    /// A bearer token accepted instead of an administrator's credentials (unset: none).
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> AdminConfig {
+        AdminConfig {
+            enabled: true,
+            listen: "127.0.0.1:15680".parse().expect("valid address"),
+            metrics_listen: "127.0.0.1:15690".parse().expect("valid address"),
+            token: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -96,8 +123,10 @@ pub struct StorageConfig {
 impl Default for Config {
     fn default() -> Config {
         Config {
+            node_name: format!("warren@{}", hostname()),
             data_dir: PathBuf::from("data"),
             amqp: AmqpConfig::default(),
+            admin: AdminConfig::default(),
             limits: LimitsConfig::default(),
             default_user: DefaultUserConfig::default(),
             storage: StorageConfig::default(),
@@ -153,6 +182,14 @@ impl Default for StorageConfig {
             group_commit_wait_us_max: 500,
         }
     }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// A configuration value out of range.

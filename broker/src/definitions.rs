@@ -9,6 +9,7 @@ use crate::auth::{Permission, User};
 use crate::error::BrokerError;
 use crate::exchange::{Binding, ExchangeDecl};
 use crate::queue::QueueDecl;
+use crate::vhost::Detour;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::sync::Arc;
 use warren_storage::{Lsn, Wal};
@@ -27,6 +28,7 @@ pub struct Loaded {
     pub exchanges: Vec<ExchangeDecl>,
     pub queues: Vec<QueueDecl>,
     pub bindings: Vec<(String, Binding)>,
+    pub detours: Vec<(String, Detour)>,
     pub next_stream: u64,
 }
 
@@ -65,6 +67,21 @@ fn binding_key(vhost: &str, binding: &Binding) -> Vec<u8> {
     k
 }
 
+fn detour_key(vhost: &str, detour: &Detour) -> Vec<u8> {
+    let mut k = key("detour", &[vhost, &detour.source]);
+    k.push(0);
+    k.extend_from_slice(&encode(&detour.destination));
+    k
+}
+
+/// The vhost part of a `kind \0 vhost \0 ...` key.
+fn vhost_of(k: &[u8]) -> String {
+    k.split(|b| *b == 0)
+        .nth(1)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default()
+}
+
 const NEXT_STREAM: &[u8] = b"meta\0next_stream";
 
 impl Definitions {
@@ -97,12 +114,10 @@ impl Definitions {
             loaded.queues.push(decode(&k, &v)?);
         }
         for (k, v) in self.wal.kv_prefix(b"binding\0")? {
-            let vhost = k
-                .split(|b| *b == 0)
-                .nth(1)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default();
-            loaded.bindings.push((vhost, decode(&k, &v)?));
+            loaded.bindings.push((vhost_of(&k), decode(&k, &v)?));
+        }
+        for (k, v) in self.wal.kv_prefix(b"detour\0")? {
+            loaded.detours.push((vhost_of(&k), decode(&k, &v)?));
         }
         if let Some(v) = self.wal.kv_get(NEXT_STREAM)? {
             loaded.next_stream = decode(NEXT_STREAM, &v)?;
@@ -171,6 +186,15 @@ impl Definitions {
 
     pub fn delete_binding(&self, vhost: &str, b: &Binding) -> Result<(), BrokerError> {
         self.wal.kv_delete(&binding_key(vhost, b))?;
+        Ok(())
+    }
+
+    pub fn put_detour(&self, vhost: &str, d: &Detour) -> Result<Lsn, BrokerError> {
+        Ok(self.wal.kv_put(&detour_key(vhost, d), &encode(d))?)
+    }
+
+    pub fn delete_detour(&self, vhost: &str, d: &Detour) -> Result<(), BrokerError> {
+        self.wal.kv_delete(&detour_key(vhost, d))?;
         Ok(())
     }
 

@@ -8,9 +8,9 @@
 use crate::amqp::ShortStr;
 use crate::message::Message;
 use crate::queue::QueueHandle;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// A connection's id, unique for the broker process's lifetime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -53,6 +53,40 @@ pub enum ConnEvent {
     },
     /// Free disk space fell below, or rose back above, the limit.
     Blocked(Option<String>),
+    /// The admin plane asks for the connection's channels.
+    Inspect(oneshot::Sender<Vec<ChannelView>>),
+}
+
+/// A channel as the admin plane shows it.
+#[derive(Clone, Debug)]
+pub struct ChannelView {
+    pub number: u16,
+    /// `normal`, `confirm` or `transactional`.
+    pub mode: &'static str,
+    pub unacked: u64,
+    pub prefetch: u32,
+    pub consumers: u64,
+}
+
+/// A connection's counters, shared with the admin plane (written by the connection's tasks
+/// only).
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    pub received_bytes: AtomicU64,
+    pub sent_bytes: AtomicU64,
+    pub published: AtomicU64,
+    pub channels: AtomicU64,
+    pub publish_rate: crate::statistics::Rate,
+}
+
+impl ConnectionStats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
 }
 
 /// What a confirm answers: a publisher-confirm sequence number, or a transaction's commit.

@@ -12,11 +12,14 @@
 //! - [`message`]: messages and their log records; [`delivery`]: queue → connection events.
 //! - [`definitions`]: durable definitions in the log's key-value namespace.
 //! - [`auth`]: users, password hashes, permissions.
+//! - [`admin`]: the gRPC admin plane (the control bus); [`metrics`]: Prometheus `/metrics`;
+//!   [`statistics`]: counters and rates.
 //!
 //! Locks: the broker's registries (`vhosts`, `users`, `permissions`, `connections`) and each
 //! vhost's `RwLock` are short, never held across `.await`, and never nested except vhost state
 //! → nothing. The definitions mutex (`ddl`, async) is taken before any of them.
 
+pub mod admin;
 pub mod amqp;
 pub mod auth;
 pub mod broker;
@@ -27,7 +30,9 @@ pub mod delivery;
 pub mod error;
 pub mod exchange;
 pub mod message;
+pub mod metrics;
 pub mod queue;
 pub mod refusal;
 pub mod server;
+pub mod statistics;
 pub mod vhost;

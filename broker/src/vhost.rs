@@ -1,11 +1,16 @@
-//! A virtual host: its exchanges, queues and bindings, and routing through them.
+//! A virtual host: its exchanges, queues and bindings, and routing through them — including the
+//! admin plane's wire taps (copies of what passes an exchange or enters a queue, sent to another
+//! exchange) and detours (a source's route to a destination sent through another exchange).
 //!
 //! The registry is read-mostly: publishes take the read lock for the time of one routing
-//! decision (no `.await` while it is held); declarations take the write lock briefly.
+//! decision (no `.await` while it is held); declarations take the write lock briefly. A tap or
+//! detour changes under the write lock like any binding, so every routing decision sees a route
+//! entirely before or entirely after the change.
 
 use crate::amqp::FieldTable;
 use crate::exchange::{Destination, Exchange};
 use crate::queue::QueueHandle;
+use serde::{Deserialize, Serialize};
 use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +20,50 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 pub struct VhostState {
     pub exchanges: HashMap<String, Exchange>,
     pub queues: HashMap<String, Arc<QueueHandle>>,
+    /// Active wire taps (few; looked at only when not empty).
+    pub taps: Vec<Tap>,
+    /// Active detours by source exchange.
+    pub detours: HashMap<String, Vec<Detour>>,
+}
+
+/// What a wire tap watches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TapSource {
+    /// Every message routed through this exchange.
+    Exchange(String),
+    /// Every message routed to this queue.
+    Queue(String),
+}
+
+/// A wire tap: copies (one in `sample_every`) of what passes `source`, published to `target`.
+#[derive(Debug)]
+pub struct Tap {
+    pub id: u64,
+    pub source: TapSource,
+    pub target: String,
+    pub sample_every: u64,
+    pub seen: AtomicU64,
+    pub copied: AtomicU64,
+}
+
+impl Tap {
+    /// Counts one message passing; whether this one is copied.
+    fn sample(&self) -> bool {
+        let n = self.seen.fetch_add(1, Ordering::Relaxed);
+        let copy = n % self.sample_every.max(1) == 0;
+        if copy {
+            self.copied.fetch_add(1, Ordering::Relaxed);
+        }
+        copy
+    }
+}
+
+/// A detour: what `source` routes to `destination` goes to the exchange `via` instead.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Detour {
+    pub source: String,
+    pub destination: Destination,
+    pub via: String,
 }
 
 #[derive(Debug)]
@@ -30,8 +79,11 @@ pub struct Vhost {
 #[derive(Debug, Default)]
 pub struct Routed {
     pub queues: Vec<Arc<QueueHandle>>,
-    /// No headers exchange took part: the same exchange and routing key route the same way
-    /// until the topology changes.
+    /// Whether a queue was reached through the application's own routes (not only through a
+    /// wire tap): an unroutable `mandatory` publish is returned even if a tap copied it.
+    pub reached: bool,
+    /// No headers exchange or wire tap took part: the same exchange and routing key route the
+    /// same way until the topology changes.
     pub cacheable: bool,
 }
 
@@ -65,8 +117,9 @@ impl Vhost {
     }
 
     /// Routes a message published to `exchange`: through exchange-to-exchange bindings and
-    /// alternate exchanges, each queue at most once. `None` if `exchange` does not exist.
-    /// `headers` is called at most once, and only if a headers exchange is on the way.
+    /// alternate exchanges, detours and wire taps, each queue at most once. `None` if
+    /// `exchange` does not exist. `headers` is called at most once, and only if a headers
+    /// exchange is on the way.
     pub fn route(
         &self,
         exchange: &str,
@@ -76,46 +129,67 @@ impl Vhost {
         let state = self.read();
         let mut routed = Routed {
             queues: Vec::new(),
+            reached: false,
             cacheable: true,
         };
+        // (exchange, reached only through a tap)
+        let mut pending: Vec<(&str, bool)> = Vec::new();
         if exchange.is_empty() {
             if let Some(q) = state.queues.get(routing_key) {
-                routed.queues.push(Arc::clone(q));
+                routed.add_queue(&state, q, false, &mut pending);
             }
-            return Some(routed);
+        } else {
+            state.exchanges.get(exchange)?;
+            pending.push((exchange, false));
         }
-        state.exchanges.get(exchange)?;
         let decoded: OnceCell<Option<FieldTable>> = OnceCell::new();
-        let mut visited: Vec<&str> = Vec::new();
-        let mut pending: Vec<&str> = vec![exchange];
-        while let Some(name) = pending.pop() {
-            if visited.contains(&name) {
+        let mut visited: Vec<(&str, bool)> = Vec::new();
+        while let Some((name, tapped)) = pending.pop() {
+            if visited.contains(&(name, tapped)) {
                 continue;
             }
-            visited.push(name);
+            visited.push((name, tapped));
             let Some(x) = state.exchanges.get(name) else {
                 continue;
             };
+            if !state.taps.is_empty() {
+                routed.cacheable = false;
+                for tap in state.taps.iter() {
+                    if matches!(&tap.source, TapSource::Exchange(e) if e == name) && tap.sample() {
+                        if let Some((key, _)) = state.exchanges.get_key_value(&tap.target) {
+                            pending.push((key.as_str(), true));
+                        }
+                    }
+                }
+            }
             let header_table = if x.needs_headers() {
                 routed.cacheable = false;
                 decoded.get_or_init(headers).as_ref()
             } else {
                 None
             };
+            let detours = state.detours.get(name);
             let mut matched = false;
             x.route(routing_key, header_table, &mut |destination| {
                 matched = true;
+                // A detour whose exchange was deleted routes as if it were not there: a
+                // dangling detour must not swallow messages.
+                let via = detours
+                    .and_then(|ds| ds.iter().find(|d| d.destination == *destination))
+                    .and_then(|d| state.exchanges.get_key_value(&d.via));
+                if let Some((key, _)) = via {
+                    pending.push((key.as_str(), tapped));
+                    return;
+                }
                 match destination {
                     Destination::Queue(q) => {
                         if let Some(handle) = state.queues.get(q) {
-                            if !routed.queues.iter().any(|h| h.id == handle.id) {
-                                routed.queues.push(Arc::clone(handle));
-                            }
+                            routed.add_queue(&state, handle, tapped, &mut pending);
                         }
                     }
                     Destination::Exchange(e) => {
                         if let Some((key, _)) = state.exchanges.get_key_value(e) {
-                            pending.push(key.as_str());
+                            pending.push((key.as_str(), tapped));
                         }
                     }
                 }
@@ -123,11 +197,39 @@ impl Vhost {
             if !matched {
                 if let Some(alternate) = &x.alternate {
                     if let Some((key, _)) = state.exchanges.get_key_value(alternate) {
-                        pending.push(key.as_str());
+                        pending.push((key.as_str(), tapped));
                     }
                 }
             }
         }
         Some(routed)
+    }
+}
+
+impl Routed {
+    /// Adds a queue reached by routing (once), and the copies its wire taps ask for.
+    fn add_queue<'s>(
+        &mut self,
+        state: &'s VhostState,
+        handle: &Arc<QueueHandle>,
+        tapped: bool,
+        pending: &mut Vec<(&'s str, bool)>,
+    ) {
+        self.reached |= !tapped;
+        if self.queues.iter().any(|h| h.id == handle.id) {
+            return;
+        }
+        self.queues.push(Arc::clone(handle));
+        if state.taps.is_empty() {
+            return;
+        }
+        self.cacheable = false;
+        for tap in state.taps.iter() {
+            if matches!(&tap.source, TapSource::Queue(q) if q == handle.name()) && tap.sample() {
+                if let Some((key, _)) = state.exchanges.get_key_value(&tap.target) {
+                    pending.push((key.as_str(), true));
+                }
+            }
+        }
     }
 }

@@ -1,7 +1,23 @@
-//! `warren-proto`: the `.proto` definitions of Warren's admin plane and raft RPCs, and the tonic and
-//! prost types generated from them.
+//! `warren-proto`: the `.proto` definitions of Warren's gRPC services and the tonic and prost
+//! types generated from them (by `build.rs`, with a vendored `protoc`).
 //!
-//! Nothing lives here yet: the admin service arrives with the admin-plane issue and the raft RPCs
-//! with the cluster issue. The crate exists now so that the workspace has its final shape and the
-//! dependency rules of `../shared/DESIGN.md` §2 (this crate depends on nothing of ours) are
-//! checked from the first commit.
+//! - [`admin`]: `warren.admin.v1.Admin`, the admin plane (the control bus): statistics,
+//!   declarations, test messages, peek, pause/resume, wire taps, detours, definitions.
+//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
+//!
+//! The raft RPCs arrive with the cluster. This crate depends on nothing of ours
+//! (`../shared/DESIGN.md` §2).
+
+/// `warren.admin.v1`.
+pub mod admin {
+    #![allow(missing_debug_implementations, clippy::all)]
+    tonic::include_proto!("warren.admin.v1");
+}
+
+/// Message bodies in JSON output: UTF-8 text (invalid sequences replaced).
+pub fn body_as_text<S: serde::Serializer>(body: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&String::from_utf8_lossy(body))
+}
+
+/// Descriptors of every service here, for `tonic-reflection`.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("warren_descriptor");

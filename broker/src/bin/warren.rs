@@ -3,6 +3,7 @@
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use warren_broker::broker::Broker;
 use warren_broker::config::Config;
 
@@ -31,6 +32,21 @@ struct Args {
     /// Publishers are blocked while the data directory has less free space than this, in octets.
     #[arg(long, env = "WARREN_DISK_FREE_BYTES_MIN")]
     disk_free_bytes_min: Option<u64>,
+    /// This node's name. Default: warren@<hostname>
+    #[arg(long, env = "WARREN_NODE_NAME")]
+    node_name: Option<String>,
+    /// Admin plane (gRPC) listen address. Default: 127.0.0.1:15680
+    #[arg(long, env = "WARREN_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+    /// Prometheus /metrics (HTTP) listen address. Default: 127.0.0.1:15690
+    #[arg(long, env = "WARREN_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// A bearer token the admin plane accepts instead of an administrator's credentials.
+    #[arg(long, env = "WARREN_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Run without the admin plane and metrics.
+    #[arg(long)]
+    no_admin: bool,
 }
 
 fn load_config(args: &Args) -> anyhow::Result<Config> {
@@ -56,6 +72,21 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(min) = args.disk_free_bytes_min {
         config.limits.disk_free_bytes_min = min;
+    }
+    if let Some(name) = &args.node_name {
+        config.node_name = name.clone();
+    }
+    if let Some(listen) = args.admin_listen {
+        config.admin.listen = listen;
+    }
+    if let Some(listen) = args.metrics_listen {
+        config.admin.metrics_listen = listen;
+    }
+    if let Some(token) = &args.admin_token {
+        config.admin.token = Some(token.clone());
+    }
+    if args.no_admin {
+        config.admin.enabled = false;
     }
     config.validate()?;
     Ok(config)
@@ -89,9 +120,42 @@ fn main() -> anyhow::Result<()> {
         let broker = Broker::open(config)?;
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let local = listener.local_addr()?;
+        let mut ready = format!("listening on {local}\n");
+        if broker.config.admin.enabled {
+            let admin = tokio::net::TcpListener::bind(broker.config.admin.listen).await?;
+            let metrics = tokio::net::TcpListener::bind(broker.config.admin.metrics_listen).await?;
+            let (admin_at, metrics_at) = (admin.local_addr()?, metrics.local_addr()?);
+            tracing::info!(%admin_at, %metrics_at, "admin plane and metrics listening");
+            ready.push_str(&format!(
+                "admin listening on {admin_at}\nmetrics listening on {metrics_at}\n"
+            ));
+            let b = Arc::clone(&broker);
+            let amqp = local.to_string();
+            tokio::spawn(async move {
+                if let Err(error) =
+                    warren_broker::admin::serve(b, admin, amqp, std::future::pending()).await
+                {
+                    tracing::error!(%error, "admin plane stopped");
+                }
+            });
+            let b = Arc::clone(&broker);
+            tokio::spawn(async move {
+                if let Err(error) =
+                    warren_broker::metrics::serve(b, metrics, std::future::pending()).await
+                {
+                    tracing::error!(%error, "metrics endpoint stopped");
+                }
+            });
+        }
         tracing::info!(%local, data_dir = %broker.config.data_dir.display(), "warren ready");
-        // Tests and scripts read this line to learn the port (useful with port 0).
-        println!("listening on {local}");
+        // Tests and scripts read these lines to learn the ports (useful with port 0). They are
+        // written at once: nothing is printed later, so a reader may close the pipe.
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            out.write_all(ready.as_bytes())?;
+            out.flush()?;
+        }
         warren_broker::server::run(broker, listener, shutdown_signal()).await
     })
 }

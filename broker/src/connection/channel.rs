@@ -217,6 +217,21 @@ pub struct Channel {
 }
 
 impl Channel {
+    /// What the admin plane shows of this channel.
+    pub fn view(&self, number: u16) -> crate::delivery::ChannelView {
+        crate::delivery::ChannelView {
+            number,
+            mode: match self.mode {
+                Mode::Normal => "normal",
+                Mode::Confirm => "confirm",
+                Mode::Transactional => "transactional",
+            },
+            unacked: self.unacked.len() as u64,
+            prefetch: self.credit.limit(),
+            consumers: self.consumers.len() as u64,
+        }
+    }
+
     pub fn new(owner: ChannelRef) -> Channel {
         Channel {
             owner,

@@ -9,7 +9,9 @@ use crate::amqp::properties::{BasicProperties, ContentHeader};
 use crate::amqp::{FieldTable, ShortStr};
 use crate::auth::Access;
 use crate::broker::{ExchangeDeclare, QueueDeclare};
-use crate::delivery::{ChannelRef, ConfirmTarget, ConfirmToken, ConnEvent, ConnId, Delivery};
+use crate::delivery::{
+    ChannelRef, ConfirmTarget, ConfirmToken, ConnEvent, ConnId, ConnectionStats, Delivery,
+};
 use crate::exchange::{Binding, Destination};
 use crate::message::Message;
 use crate::queue::{ConsumerSpec, QueueCommand, SettleAction};
@@ -637,6 +639,8 @@ impl Connection {
         header: ContentHeader,
         body: Bytes,
     ) -> Result<(), Refusal> {
+        ConnectionStats::add(&self.stats.published, 1);
+        crate::statistics::GlobalCounters::add(&self.broker.totals.published, 1);
         let mut properties = BasicProperties::decode(header.properties.clone())
             .map_err(|e| Refusal::new(ReplyCode::SyntaxError, e.to_string()))?;
         if let Some(user_id) = &properties.user_id {
@@ -716,8 +720,8 @@ impl Connection {
             }
             return 0;
         }
-        let queues = self.route_cached(&message);
-        if queues.is_empty() && mandatory {
+        let (queues, reached) = self.route_cached(&message);
+        if !reached && mandatory {
             self.basic_return(id, &message);
         }
         let token = if let Some(commit) = commit {
@@ -755,15 +759,16 @@ impl Connection {
     }
 
     /// The queues a message routes to, from the route cache while the vhost's topology has not
-    /// changed.
-    fn route_cached(&mut self, message: &Message) -> Arc<[Arc<crate::queue::QueueHandle>]> {
+    /// changed, and whether the application's routes reached one (not only a wire tap).
+    fn route_cached(&mut self, message: &Message) -> (Arc<[Arc<crate::queue::QueueHandle>]>, bool) {
         /// Routes remembered per connection before the cache starts over.
         const ROUTE_CACHE_MAX: usize = 1024;
         let generation = self.vhost.generation();
         let key = (message.exchange.clone(), message.routing_key.clone());
         if let Some((at, queues)) = self.route_cache.get(&key) {
             if *at == generation {
-                return Arc::clone(queues);
+                // Cached routes saw no tap: every queue was reached by the application's routes.
+                return (Arc::clone(queues), !queues.is_empty());
             }
         }
         let headers = || message.decode_properties().headers;
@@ -783,7 +788,7 @@ impl Connection {
             self.route_cache
                 .insert(key, (generation, Arc::clone(&queues)));
         }
-        queues
+        (queues, routed.reached)
     }
 
     fn basic_return(&mut self, id: u16, message: &Message) {

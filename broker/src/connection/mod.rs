@@ -19,7 +19,7 @@ use crate::amqp::method::{self as m, Method};
 use crate::amqp::{FieldTable, FieldValue, ShortStr};
 use crate::auth;
 use crate::broker::{Broker, ConnectionEntry};
-use crate::delivery::{ChannelRef, ConnEvent, ConnId, EventSender};
+use crate::delivery::{ChannelRef, ChannelView, ConnEvent, ConnId, ConnectionStats, EventSender};
 use crate::queue::{QueueCommand, QueueHandle};
 use crate::refusal::Refusal;
 use crate::vhost::Vhost;
@@ -98,6 +98,7 @@ pub struct Connection {
     /// Routing decisions by (exchange, routing key), valid at the vhost generation stored with
     /// them: a publish to a known route takes no lock on the vhost.
     route_cache: HashMap<(ShortStr, ShortStr), (u64, RouteTargets)>,
+    stats: Arc<ConnectionStats>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -139,7 +140,8 @@ pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
     };
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let writer_task = tokio::spawn(write_loop(writer, out_rx));
+    let stats = Arc::new(ConnectionStats::default());
+    let writer_task = tokio::spawn(write_loop(writer, out_rx, Arc::clone(&stats)));
     {
         let _e = span.enter();
         tracing::info!(user = %opened.user, vhost = %opened.vhost.name, "connection opened");
@@ -152,6 +154,11 @@ pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
             vhost: opened.vhost.name.clone(),
             peer: peer.to_string(),
             blocked_notify: opened.capabilities.connection_blocked,
+            client_name: opened.client[0].clone(),
+            client_product: opened.client[1].clone(),
+            client_version: opened.client[2].clone(),
+            connected_at_ms: crate::queue::actor::now_ms(),
+            stats: Arc::clone(&stats),
         },
     );
     let mut connection = Connection {
@@ -172,6 +179,7 @@ pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
         paused: false,
         permission_cache: Default::default(),
         route_cache: HashMap::new(),
+        stats,
     };
     let _e = span.enter();
     connection
@@ -191,6 +199,8 @@ struct Opened {
     channel_max: u16,
     heartbeat_s: u16,
     capabilities: ClientCapabilities,
+    /// `connection_name`, `product`, `version` from the client properties.
+    client: [String; 3],
 }
 
 async fn read_frame(
@@ -331,6 +341,14 @@ async fn handshake(
         other => return Err(format!("expected connection.start-ok, got {other:?}")),
     };
     let capabilities = client_capabilities(&start_ok.client_properties);
+    let client = ["connection_name", "product", "version"].map(|key| {
+        start_ok
+            .client_properties
+            .get(key)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    });
     let mechanism = start_ok.mechanism.as_str().to_string();
     let credentials = auth::parse_credentials(&mechanism, &start_ok.response);
     let user = match credentials {
@@ -427,10 +445,15 @@ async fn handshake(
         channel_max,
         heartbeat_s: tune_ok.heartbeat,
         capabilities,
+        client,
     })
 }
 
-async fn write_loop(mut writer: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<OutChunk>) {
+async fn write_loop(
+    mut writer: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<OutChunk>,
+    stats: Arc<ConnectionStats>,
+) {
     let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -449,6 +472,7 @@ async fn write_loop(mut writer: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<
                 return;
             }
         }
+        ConnectionStats::add(&stats.sent_bytes, bytes as u64);
         for chunk in batch.drain(..) {
             for credit in chunk.credits {
                 let command = QueueCommand::Credit {
@@ -497,7 +521,8 @@ impl Connection {
             let stop = tokio::select! {
                 read = reader.read_buf(&mut inbuf), if !self.paused => match read {
                     Ok(0) | Err(_) => Stop::Now,
-                    Ok(_) => {
+                    Ok(n) => {
+                        ConnectionStats::add(&self.stats.received_bytes, n as u64);
                         last_received = Instant::now();
                         self.process_input(&mut inbuf).await
                     }
@@ -539,6 +564,10 @@ impl Connection {
             if !self.out.is_empty() || !self.credits.is_empty() {
                 last_sent = Instant::now();
             }
+            self.stats.channels.store(
+                self.channels.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             self.flush();
             if stop == Stop::Now {
                 return;
@@ -831,6 +860,15 @@ impl Connection {
                 if reason.is_none() {
                     self.paused = false;
                 }
+            }
+            ConnEvent::Inspect(reply) => {
+                let mut views: Vec<ChannelView> = self
+                    .channels
+                    .iter()
+                    .map(|(number, ch)| ch.view(*number))
+                    .collect();
+                views.sort_by_key(|v| v.number);
+                let _ = reply.send(views);
             }
         }
         Stop::Continue

@@ -197,6 +197,7 @@ impl Actor {
                 Ok(n) => {
                     if action == super::SettleAction::Ack {
                         self.handle.counters.acked.fetch_add(n, Ordering::Relaxed);
+                        crate::statistics::GlobalCounters::add(&self.broker.totals.acked, n);
                     }
                 }
                 Err(e) => self.fence(e),
@@ -282,8 +283,72 @@ impl Actor {
                 }
                 let _ = reply.send((self.state.ready(), self.state.consumer_count()));
             }
+            QueueCommand::Pause { paused, reply } => {
+                self.state.set_paused(paused);
+                tracing::info!(paused, "deliveries paused or resumed from the admin plane");
+                let _ = reply.send(());
+            }
+            QueueCommand::PauseConsumer { tag, paused, reply } => {
+                let n = self.state.set_consumer_paused(&tag, paused);
+                let _ = reply.send(n);
+            }
+            QueueCommand::Peek { count, reply } => {
+                let _ = reply.send(self.state.peek(count).map_err(Refusal::from));
+            }
+            QueueCommand::Take {
+                owner,
+                count,
+                settle,
+                reply,
+            } => {
+                let _ = reply.send(self.take(owner, count, settle, now));
+            }
+            QueueCommand::Inspect { reply } => {
+                let _ = reply.send(super::QueueInspection {
+                    paused: self.state.is_paused(),
+                    consumers: self.state.consumer_views(),
+                });
+            }
         }
         Flow::Continue
+    }
+
+    /// Takes up to `count` messages for the admin plane as deliveries of `owner`, settling
+    /// them at once when asked. Returns them and the number left ready.
+    fn take(
+        &mut self,
+        owner: crate::delivery::ChannelRef,
+        count: usize,
+        settle: Option<super::SettleAction>,
+        now: u64,
+    ) -> Result<(Vec<super::state::Entry>, u64), Refusal> {
+        let mut taken = Vec::new();
+        while taken.len() < count {
+            match self.state.get(owner, false, now, &mut self.effects) {
+                Ok(Some((entry, _))) => taken.push(entry),
+                Ok(None) => break,
+                Err(e) => {
+                    let refusal = Refusal::internal(e.to_string());
+                    self.fence(e);
+                    return Err(refusal);
+                }
+            }
+        }
+        if let Some(action) = settle {
+            let seqs: Vec<u64> = taken.iter().map(|e| e.seq).collect();
+            match self.state.settle(owner, &seqs, action, &mut self.effects) {
+                Ok(n) if action == super::SettleAction::Ack => {
+                    self.handle.counters.acked.fetch_add(n, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let refusal = Refusal::internal(e.to_string());
+                    self.fence(e);
+                    return Err(refusal);
+                }
+            }
+        }
+        Ok((taken, self.state.ready()))
     }
 
     fn publish(&mut self, message: Arc<Message>, confirm: Option<ConfirmTarget>, now: u64) {
@@ -445,6 +510,7 @@ impl Actor {
             .counters
             .delivered
             .fetch_add(delivered, Ordering::Relaxed);
+        crate::statistics::GlobalCounters::add(&self.broker.totals.delivered, delivered);
     }
 
     fn dead_letter(&mut self, message: &Message, reason: super::state::DeathReason) {

@@ -62,6 +62,9 @@ pub struct QueueCounters {
     pub published: AtomicU64,
     pub delivered: AtomicU64,
     pub acked: AtomicU64,
+    pub publish_rate: crate::statistics::Rate,
+    pub deliver_rate: crate::statistics::Rate,
+    pub ack_rate: crate::statistics::Rate,
 }
 
 impl QueueCounters {
@@ -223,6 +226,41 @@ pub enum QueueCommand {
         renew: bool,
         reply: oneshot::Sender<(u64, u64)>,
     },
+    /// Admin: pause or resume deliveries to every consumer.
+    Pause {
+        paused: bool,
+        reply: oneshot::Sender<()>,
+    },
+    /// Admin: pause or resume the consumers with this tag; replies how many matched.
+    PauseConsumer {
+        tag: String,
+        paused: bool,
+        reply: oneshot::Sender<u64>,
+    },
+    /// Admin: the first `count` ready messages, left where they are.
+    Peek {
+        count: usize,
+        reply: oneshot::Sender<Result<Vec<state::Entry>, Refusal>>,
+    },
+    /// Admin: up to `count` messages taken as unacked deliveries of `owner` (settled later
+    /// with [`QueueCommand::Settle`]); with `settle`, settled at once.
+    Take {
+        owner: ChannelRef,
+        count: usize,
+        settle: Option<SettleAction>,
+        reply: oneshot::Sender<Result<(Vec<state::Entry>, u64), Refusal>>,
+    },
+    /// Admin: consumers and flags.
+    Inspect {
+        reply: oneshot::Sender<QueueInspection>,
+    },
+}
+
+/// What [`QueueCommand::Inspect`] tells.
+#[derive(Debug, Clone)]
+pub struct QueueInspection {
+    pub paused: bool,
+    pub consumers: Vec<state::ConsumerView>,
 }
 
 impl std::fmt::Debug for QueueCommand {
@@ -240,6 +278,11 @@ impl std::fmt::Debug for QueueCommand {
             QueueCommand::Purge { .. } => "Purge",
             QueueCommand::Delete { .. } => "Delete",
             QueueCommand::Touch { .. } => "Touch",
+            QueueCommand::Pause { .. } => "Pause",
+            QueueCommand::PauseConsumer { .. } => "PauseConsumer",
+            QueueCommand::Peek { .. } => "Peek",
+            QueueCommand::Take { .. } => "Take",
+            QueueCommand::Inspect { .. } => "Inspect",
         };
         f.write_str(name)
     }

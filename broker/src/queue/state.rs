@@ -45,6 +45,21 @@ struct Consumer {
     unacked: u32,
     /// Deliveries sent but not yet written to the consumer's socket.
     in_transit: u32,
+    /// Paused from the admin plane: receives nothing until resumed.
+    paused: bool,
+}
+
+/// A consumer as the admin plane shows it.
+#[derive(Clone, Debug)]
+pub struct ConsumerView {
+    pub owner: ChannelRef,
+    pub tag: ShortStr,
+    pub ack_required: bool,
+    pub exclusive: bool,
+    pub prefetch: u32,
+    pub priority: i64,
+    pub unacked: u32,
+    pub paused: bool,
 }
 
 /// Why a message left the queue without being acked (RabbitMQ's `x-death` reasons).
@@ -129,6 +144,8 @@ pub struct QueueState {
     /// Messages below this seq were recovered from the log at start: delivered with
     /// `redelivered = true`, and transient ones among them are dropped.
     recovered_below: u64,
+    /// Deliveries paused from the admin plane (publishes are still accepted).
+    paused: bool,
 }
 
 impl QueueState {
@@ -153,6 +170,7 @@ impl QueueState {
             round_robin: 0,
             next_seq: bound,
             recovered_below: bound,
+            paused: false,
         }
     }
 
@@ -417,7 +435,7 @@ impl QueueState {
     }
 
     fn can_receive(&self, consumer: &Consumer) -> bool {
-        if consumer.in_transit >= self.limits.flow_window {
+        if consumer.paused || consumer.in_transit >= self.limits.flow_window {
             return false;
         }
         consumer.spec.no_ack
@@ -455,7 +473,7 @@ impl QueueState {
     /// Hands ready messages to consumers with credit.
     pub fn deliver(&mut self, now_ms: u64, out: &mut Vec<Effect>) -> Result<(), BrokerError> {
         loop {
-            if self.ready() == 0 {
+            if self.ready() == 0 || self.paused {
                 return Ok(());
             }
             let Some(index) = self.pick() else {
@@ -557,6 +575,7 @@ impl QueueState {
             spec,
             unacked: 0,
             in_transit: 0,
+            paused: false,
         });
         Ok(())
     }
@@ -704,6 +723,85 @@ impl QueueState {
             }
         }
         Ok(count)
+    }
+
+    /// Pauses or resumes deliveries to consumers (`basic.get` and publishes still work).
+    pub fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Pauses or resumes the consumers with this tag; how many there were.
+    pub fn set_consumer_paused(&mut self, tag: &str, paused: bool) -> u64 {
+        let mut n = 0;
+        for c in self
+            .consumers
+            .iter_mut()
+            .filter(|c| c.spec.tag.as_str() == tag)
+        {
+            c.paused = paused;
+            n += 1;
+        }
+        n
+    }
+
+    pub fn consumer_views(&self) -> Vec<ConsumerView> {
+        self.consumers
+            .iter()
+            .map(|c| ConsumerView {
+                owner: c.spec.owner,
+                tag: c.spec.tag.clone(),
+                ack_required: !c.spec.no_ack,
+                exclusive: c.spec.exclusive,
+                prefetch: c.spec.prefetch,
+                priority: c.spec.priority,
+                unacked: c.unacked,
+                paused: c.paused,
+            })
+            .collect()
+    }
+
+    /// The first `count` ready messages in delivery order, without taking them: those in
+    /// memory (highest priority first), then the paged tail read from the store. Changes
+    /// nothing (no page-in, no expiry).
+    pub fn peek(&self, count: usize) -> Result<Vec<Entry>, BrokerError> {
+        let mut out: Vec<Entry> = self
+            .levels
+            .iter()
+            .rev()
+            .flat_map(|level| level.iter())
+            .take(count)
+            .cloned()
+            .collect();
+        if out.len() < count && self.paged.count > 0 {
+            let store = self.store.as_ref().expect("paged messages imply a store");
+            let mut from = self.paged.from;
+            while out.len() < count {
+                let batch = store.read_from(from, (count - out.len()).max(64))?;
+                if batch.is_empty() {
+                    break;
+                }
+                for (seq, stored) in batch {
+                    from = seq + 1;
+                    let recovered = seq < self.recovered_below;
+                    if (stored.transient && recovered) || out.len() >= count {
+                        continue;
+                    }
+                    out.push(Entry {
+                        seq,
+                        message: Arc::new(stored.message),
+                        enqueued_at_ms: stored.enqueued_at_ms,
+                        redelivered: recovered,
+                        delivery_count: 0,
+                        stored: true,
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Whether any consumer is on a channel of this connection's (for exclusive checks).

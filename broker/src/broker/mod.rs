@@ -62,6 +62,13 @@ pub struct ConnectionEntry {
     pub vhost: String,
     pub peer: String,
     pub blocked_notify: bool,
+    /// `connection_name`, `product` and `version` from the client's properties.
+    pub client_name: String,
+    pub client_product: String,
+    pub client_version: String,
+    /// Wall-clock milliseconds since the epoch.
+    pub connected_at_ms: u64,
+    pub stats: Arc<crate::delivery::ConnectionStats>,
 }
 
 #[derive(Debug)]
@@ -79,7 +86,14 @@ pub struct Broker {
     connections: Mutex<HashMap<ConnId, ConnectionEntry>>,
     pub started: Instant,
     disk_blocked: AtomicBool,
+    pub totals: crate::statistics::GlobalCounters,
 }
+
+mod access;
+mod routes;
+
+pub use access::Added;
+pub use routes::{TapSpec, TapView};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -118,8 +132,10 @@ impl Broker {
             connections: Mutex::new(HashMap::new()),
             started: Instant::now(),
             disk_blocked: AtomicBool::new(false),
+            totals: Default::default(),
         });
         broker.recover(loaded)?;
+        tokio::spawn(crate::statistics::sample_forever(Arc::downgrade(&broker)));
         Ok(broker)
     }
 
@@ -187,6 +203,16 @@ impl Broker {
                 if let Some(x) = vhost.write().exchanges.get_mut(&binding.source) {
                     let _ = x.bind(binding);
                 }
+            }
+        }
+        for (vhost_name, detour) in loaded.detours {
+            if let Some(vhost) = self.vhost(&vhost_name) {
+                vhost
+                    .write()
+                    .detours
+                    .entry(detour.source.clone())
+                    .or_default()
+                    .push(detour);
             }
         }
         tracing::info!(
@@ -351,6 +377,13 @@ impl Broker {
     /// The event inbox of a live connection (direct reply-to).
     pub fn connection_events(&self, id: ConnId) -> Option<EventSender> {
         lock(&self.connections).get(&id).map(|e| e.events.clone())
+    }
+
+    /// Calls `f` with every live connection (under the registry lock: `f` must be short).
+    pub fn for_each_connection(&self, mut f: impl FnMut(ConnId, &ConnectionEntry)) {
+        for (id, entry) in lock(&self.connections).iter() {
+            f(*id, entry);
+        }
     }
 
     pub fn connection_count(&self) -> usize {
