@@ -19,7 +19,10 @@ class Broker:
     def start(self):
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [self.binary, "--data-dir", str(self.data_dir), "--listen", self.listen, *self.args],
+            [
+                self.binary, "--data-dir", str(self.data_dir), "--listen", self.listen,
+                "--admin-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", *self.args,
+            ],
             stdout=subprocess.PIPE,
             stderr=log,
         )

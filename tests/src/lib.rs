@@ -9,6 +9,7 @@
 //! The storage engine's own crash tests (a child process SIGKILLed mid-append) live beside the
 //! engine in `storage/tests/`.
 
+pub mod admin;
 pub mod raw;
 
 use std::io::{BufRead, BufReader};
@@ -26,7 +27,8 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Path of the `warren` binary, built once per test process (a no-op when up to date).
+/// Path of the `warren` binary, built once per test process (a no-op when up to date), with
+/// `warrenctl` beside it.
 pub fn warren_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
@@ -34,17 +36,35 @@ pub fn warren_binary() -> &'static Path {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(&root)
-            .args(["build", "--release", "--bin", "warren", "--quiet"])
+            .args([
+                "build",
+                "--release",
+                "--bin",
+                "warren",
+                "--bin",
+                "warrenctl",
+                "--quiet",
+            ])
             .status()
-            .expect("running cargo build for the warren binary");
+            .expect("running cargo build");
         assert!(status.success(), "building warren failed: {status}");
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| root.join("target"));
-        let path = target.join("release").join("warren");
+        let path = release_dir().join("warren");
         assert!(path.exists(), "{} missing after build", path.display());
         path
     })
+}
+
+/// Path of the `warrenctl` binary (built with `warren`).
+pub fn warrenctl_binary() -> PathBuf {
+    warren_binary();
+    release_dir().join("warrenctl")
+}
+
+fn release_dir() -> PathBuf {
+    std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join("target"))
+        .join("release")
 }
 
 /// A running `warren` process.
@@ -52,6 +72,9 @@ pub fn warren_binary() -> &'static Path {
 pub struct Warren {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The admin plane (gRPC) and `/metrics` (HTTP) addresses, unless started with `--no-admin`.
+    pub admin_addr: Option<SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     extra_args: Vec<String>,
     _temp: Option<tempfile::TempDir>,
@@ -73,6 +96,8 @@ impl Warren {
         let mut warren = Warren {
             child: None,
             addr: "127.0.0.1:0".parse().expect("address"),
+            admin_addr: None,
+            metrics_addr: None,
             data_dir,
             extra_args: args.iter().map(|s| s.to_string()).collect(),
             _temp: Some(temp),
@@ -98,6 +123,12 @@ impl Warren {
             .arg(&self.data_dir)
             .arg("--listen")
             .arg("127.0.0.1:0")
+            .args([
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
             .args(&self.extra_args)
             .env(
                 "RUST_LOG",
@@ -108,10 +139,25 @@ impl Warren {
             .spawn()
             .expect("spawning warren");
         let stdout = child.stdout.take().expect("piped stdout");
+        let mut reader = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout)
+        reader
             .read_line(&mut line)
             .expect("reading warren's stdout");
+        if !self.extra_args.iter().any(|a| a == "--no-admin") {
+            for _ in 0..2 {
+                let mut more = String::new();
+                reader
+                    .read_line(&mut more)
+                    .expect("reading warren's stdout");
+                let more = more.trim();
+                if let Some(a) = more.strip_prefix("admin listening on ") {
+                    self.admin_addr = Some(a.parse().expect("admin address"));
+                } else if let Some(a) = more.strip_prefix("metrics listening on ") {
+                    self.metrics_addr = Some(a.parse().expect("metrics address"));
+                }
+            }
+        }
         let Some(addr) = line.trim().strip_prefix("listening on ") else {
             let _ = child.kill();
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -124,6 +170,11 @@ impl Warren {
     /// `amqp://guest:guest@127.0.0.1:PORT/%2f`
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT` of the admin plane.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr.expect("admin plane enabled"))
     }
 
     pub fn port(&self) -> u16 {

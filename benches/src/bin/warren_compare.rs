@@ -115,7 +115,7 @@ fn start_warren(dir: &Path) -> anyhow::Result<Broker> {
     let child = Command::new(binary)
         .args(["--data-dir"])
         .arg(dir.join("warren"))
-        .args(["--listen", &addr])
+        .args(["--listen", &addr, "--no-admin"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
