@@ -37,7 +37,7 @@ works from localhost only), or --token (WARREN_ADMIN_TOKEN).";
 
 /// Control a Warren node through its admin plane.
 #[derive(Debug, Parser)]
-#[command(version, about, after_help = EXAMPLES)]
+#[command(version, about = "Control a Warren node through its admin plane (gRPC).", after_help = EXAMPLES)]
 struct Cli {
     /// Admin plane address.
     #[arg(
@@ -121,7 +121,7 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         tags: Vec<String>,
     },
-    /// Set a user's permissions in the vhost.  e.g. `warrenctl set-permissions ops --configure '^ops\.' `
+    /// Set a user's permissions in the vhost.  e.g. `warrenctl set-permissions ops --configure '^ops\.'`
     SetPermissions {
         user: String,
         #[arg(long, default_value = ".*")]
@@ -176,12 +176,12 @@ enum Command {
     PauseConsumer { queue: String, tag: String },
     /// Resume deliveries to one consumer.  e.g. `warrenctl resume-consumer jobs ctag-1`
     ResumeConsumer { queue: String, tag: String },
-    /// Wire taps: copy what passes an exchange or enters a queue to another exchange.
+    /// Wire taps: copy what passes an exchange or enters a queue to another exchange.  e.g. `warrenctl tap list`
     Tap {
         #[command(subcommand)]
         action: TapAction,
     },
-    /// Detours: send a route through another exchange and back.
+    /// Detours: send a route through another exchange and back.  e.g. `warrenctl detour list`
     Detour {
         #[command(subcommand)]
         action: DetourAction,
