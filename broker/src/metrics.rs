@@ -46,6 +46,14 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// A per-queue metric: name, type, help, and how to read it.
+type QueueMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&QueueCounters) -> u64,
+);
+
 struct Text(String);
 
 impl Text {
@@ -156,7 +164,7 @@ pub fn render(broker: &Broker) -> String {
         "Queues on the node.",
         queues.len(),
     );
-    let per_queue: [(&str, &str, &str, fn(&QueueCounters) -> u64); 6] = [
+    let per_queue: [QueueMetric; 6] = [
         (
             "warren_queue_messages_ready",
             "gauge",

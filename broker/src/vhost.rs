@@ -233,3 +233,160 @@ impl Routed {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange::{Binding, ExchangeDecl, ExchangeKind};
+    use crate::queue::{QueueArgs, QueueCounters, QueueDecl, QueueId};
+
+    fn vhost_with(exchanges: &[(&str, ExchangeKind)], queues: &[&str]) -> Vhost {
+        let vhost = Vhost::new("/");
+        {
+            let mut state = vhost.write();
+            for (name, kind) in exchanges {
+                let decl = ExchangeDecl {
+                    vhost: "/".into(),
+                    name: name.to_string(),
+                    kind: kind.name().into(),
+                    durable: true,
+                    auto_delete: false,
+                    internal: false,
+                    arguments: FieldTable::new().encode().to_vec(),
+                };
+                state
+                    .exchanges
+                    .insert(name.to_string(), Exchange::new(decl, *kind));
+            }
+            for (i, name) in queues.iter().enumerate() {
+                let (tx, _rx) = tokio::sync::mpsc::channel(1);
+                let decl = QueueDecl {
+                    vhost: "/".into(),
+                    name: name.to_string(),
+                    durable: true,
+                    auto_delete: false,
+                    exclusive_owner: None,
+                    arguments: Vec::new(),
+                    stream: None,
+                };
+                let handle = QueueHandle::new(
+                    QueueId(i as u64),
+                    decl,
+                    QueueArgs::default(),
+                    Arc::new(QueueCounters::default()),
+                    tx,
+                );
+                state.queues.insert(name.to_string(), Arc::new(handle));
+            }
+        }
+        vhost
+    }
+
+    fn bind(vhost: &Vhost, source: &str, destination: Destination, key: &str) {
+        let binding = Binding {
+            source: source.into(),
+            destination,
+            routing_key: key.into(),
+            arguments: FieldTable::new().encode().to_vec(),
+        };
+        vhost
+            .write()
+            .exchanges
+            .get_mut(source)
+            .unwrap()
+            .bind(binding)
+            .unwrap();
+    }
+
+    fn routed(vhost: &Vhost, exchange: &str, key: &str) -> (Vec<String>, bool, bool) {
+        let r = vhost.route(exchange, key, &|| None).unwrap();
+        let mut names: Vec<String> = r.queues.iter().map(|q| q.name().to_string()).collect();
+        names.sort();
+        (names, r.reached, r.cacheable)
+    }
+
+    #[test]
+    fn a_detour_replaces_one_route_and_a_dangling_one_is_ignored() {
+        let v = vhost_with(
+            &[
+                ("orders", ExchangeKind::Direct),
+                ("check", ExchangeKind::Fanout),
+            ],
+            &["shipping", "billing", "checks"],
+        );
+        bind(&v, "orders", Destination::Queue("shipping".into()), "new");
+        bind(&v, "orders", Destination::Queue("billing".into()), "new");
+        bind(&v, "check", Destination::Queue("checks".into()), "");
+        v.write().detours.insert(
+            "orders".into(),
+            vec![Detour {
+                source: "orders".into(),
+                destination: Destination::Queue("shipping".into()),
+                via: "check".into(),
+            }],
+        );
+        assert_eq!(
+            routed(&v, "orders", "new"),
+            (vec!["billing".into(), "checks".into()], true, true)
+        );
+        v.write().exchanges.remove("check");
+        assert_eq!(
+            routed(&v, "orders", "new").0,
+            ["billing", "shipping"],
+            "a detour through a deleted exchange routes as if absent"
+        );
+    }
+
+    #[test]
+    fn taps_copy_without_counting_for_mandatory_and_sample_one_in_n() {
+        let v = vhost_with(
+            &[
+                ("orders", ExchangeKind::Direct),
+                ("audit", ExchangeKind::Fanout),
+            ],
+            &["shipping", "audit.q"],
+        );
+        bind(&v, "orders", Destination::Queue("shipping".into()), "new");
+        bind(&v, "audit", Destination::Queue("audit.q".into()), "");
+        v.write().taps.push(Tap {
+            id: 1,
+            source: TapSource::Exchange("orders".into()),
+            target: "audit".into(),
+            sample_every: 1,
+            seen: AtomicU64::new(0),
+            copied: AtomicU64::new(0),
+        });
+        assert_eq!(
+            routed(&v, "orders", "new"),
+            (vec!["audit.q".into(), "shipping".into()], true, false)
+        );
+        // Unroutable by the application's bindings: only the tap copy; still "not reached".
+        assert_eq!(
+            routed(&v, "orders", "other"),
+            (vec!["audit.q".into()], false, false)
+        );
+        {
+            let mut state = v.write();
+            state.taps.clear();
+            state.taps.push(Tap {
+                id: 2,
+                source: TapSource::Queue("shipping".into()),
+                target: "audit".into(),
+                sample_every: 3,
+                seen: AtomicU64::new(0),
+                copied: AtomicU64::new(0),
+            });
+        }
+        let copies = (0..9)
+            .filter(|_| {
+                routed(&v, "orders", "new")
+                    .0
+                    .contains(&"audit.q".to_string())
+            })
+            .count();
+        assert_eq!(copies, 3);
+        let state = v.read();
+        assert_eq!(state.taps[0].seen.load(Ordering::Relaxed), 9);
+        assert_eq!(state.taps[0].copied.load(Ordering::Relaxed), 3);
+    }
+}

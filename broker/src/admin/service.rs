@@ -276,7 +276,7 @@ impl Admin for AdminService {
             v.read()
                 .exchanges
                 .get(&b.source)
-                .is_some_and(|x| x.bindings().iter().any(|e| *e == b))
+                .is_some_and(|x| x.bindings().contains(&b))
         });
         if !exists {
             return Err(Status::not_found(format!(

@@ -908,6 +908,67 @@ mod tests {
     }
 
     #[test]
+    fn peek_reads_in_delivery_order_across_memory_and_log_and_changes_nothing() {
+        let (mut q, _store) = durable(QueueArgs::default(), 4);
+        let mut out = Vec::new();
+        for i in 0..20 {
+            q.publish(message(&i.to_string(), true, 0), 0, &mut out)
+                .unwrap();
+        }
+        let (memory, paged) = (q.memory_count, q.paged);
+        let peeked: Vec<String> = q.peek(12).unwrap().iter().map(body).collect();
+        let expected: Vec<String> = (0..12).map(|i| i.to_string()).collect();
+        assert_eq!(peeked, expected, "memory window, then the paged tail");
+        assert_eq!(
+            (q.memory_count, q.paged.from, q.paged.count),
+            (memory, paged.from, paged.count)
+        );
+        assert_eq!(q.peek(100).unwrap().len(), 20);
+        for i in 0..20 {
+            let (entry, _) = q.get(OWNER, true, 0, &mut out).unwrap().unwrap();
+            assert_eq!(body(&entry), i.to_string(), "peek took nothing");
+        }
+
+        let args = QueueArgs {
+            max_priority: Some(5),
+            ..QueueArgs::default()
+        };
+        let mut q = QueueState::new(args, limits(100), None);
+        for (b, priority) in [("low", 0), ("high", 5), ("mid", 2), ("high2", 5)] {
+            q.publish(message(b, false, priority), 0, &mut out).unwrap();
+        }
+        let peeked: Vec<String> = q.peek(10).unwrap().iter().map(body).collect();
+        assert_eq!(peeked, ["high", "high2", "mid", "low"]);
+    }
+
+    #[test]
+    fn a_paused_queue_or_consumer_receives_nothing_until_resumed() {
+        let mut q = QueueState::new(QueueArgs::default(), limits(100), None);
+        let mut out = Vec::new();
+        let (a, _rx_a) = spec("a", 0, 0);
+        let (b, _rx_b) = spec("b", 0, 0);
+        q.consume(a, "q", "/").unwrap();
+        q.consume(b, "q", "/").unwrap();
+        q.set_paused(true);
+        for i in 0..4 {
+            q.publish(message(&i.to_string(), false, 0), 0, &mut out)
+                .unwrap();
+        }
+        q.deliver(0, &mut out).unwrap();
+        assert!(delivered_to(&out).is_empty());
+        assert_eq!(q.ready(), 4);
+        assert_eq!(q.set_consumer_paused("a", true), 1);
+        q.set_paused(false);
+        q.deliver(0, &mut out).unwrap();
+        let got = delivered_to(&out);
+        assert_eq!(got.len(), 4);
+        assert!(got.iter().all(|(tag, _)| tag == "b"), "{got:?}");
+        let views = q.consumer_views();
+        assert!(views.iter().find(|v| v.tag.as_str() == "a").unwrap().paused);
+        assert_eq!(q.set_consumer_paused("nobody", true), 0);
+    }
+
+    #[test]
     fn paging_keeps_memory_bounded_and_order_intact() {
         let (mut q, store) = durable(QueueArgs::default(), 4);
         let mut out = Vec::new();
