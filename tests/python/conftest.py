@@ -29,6 +29,9 @@ class Broker:
         line = self.proc.stdout.readline().decode()
         assert line.startswith("listening on "), f"warren did not start: {line!r}"
         self.port = int(line.strip().rsplit(":", 1)[1])
+        admin = self.proc.stdout.readline().decode()
+        assert admin.startswith("admin listening on "), f"no admin plane: {admin!r}"
+        self.admin_url = "http://" + admin.strip().rsplit(" ", 1)[1]
 
     def kill(self):
         if self.proc:
