@@ -4,7 +4,8 @@
 //! loopback port with its own data directory, and can SIGKILL, SIGTERM and restart it on the
 //! same directory. Suites live in `tests/tests/`: `lapin_*.rs` and `amqprs_*.rs` (Rust clients),
 //! `crash.rs` (SIGKILL during confirmed publishing), `python.rs` (runs the pika suite and the
-//! pattern examples in `examples/`).
+//! pattern examples in `examples/`), `admin*.rs` (the admin plane over gRPC and `warrenctl`,
+//! with the client and helpers in [`admin`]).
 //!
 //! The storage engine's own crash tests (a child process SIGKILLed mid-append) live beside the
 //! engine in `storage/tests/`.

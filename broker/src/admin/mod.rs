@@ -34,9 +34,13 @@ pub async fn serve(
     amqp_listen: String,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Both reflection versions: grpcurl and other tools still ask for v1alpha.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(warren_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(warren_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
     let admin_listen = listener.local_addr()?.to_string();
     let check = auth::Authenticator::new(Arc::clone(&broker));
     let service = service::AdminService::new(broker, amqp_listen, admin_listen);
@@ -48,6 +52,7 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .add_service(admin)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
