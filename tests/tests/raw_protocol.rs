@@ -304,8 +304,9 @@ fn amqplain_authenticates_and_wrong_credentials_get_403() {
 fn missed_client_heartbeats_close_the_socket() {
     let warren = Warren::start();
     let mut raw = Raw::open(&warren, 1);
-    raw.open_channel(1);
+    // The server counts silence from the last frame it read: channel.open, sent after this.
     let started = Instant::now();
+    raw.open_channel(1);
     let mut heartbeats = 0;
     // We send nothing: the server sends heartbeats, then gives up on us.
     loop {
