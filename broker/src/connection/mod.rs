@@ -111,10 +111,14 @@ impl std::fmt::Debug for Connection {
     }
 }
 
-/// Serves one accepted socket until it closes.
+/// Serves one accepted socket until it closes, in the connection's tracing span.
 pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
     let id = broker.next_conn_id();
     let span = tracing::info_span!("connection", id = id.0, %peer);
+    tracing::Instrument::instrument(serve_in_span(broker, socket, peer, id), span).await
+}
+
+async fn serve_in_span(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr, id: ConnId) {
     let _ = socket.set_nodelay(true);
     let (mut reader, mut writer) = socket.into_split();
     let mut inbuf = BytesMut::with_capacity(64 * 1024);
@@ -127,13 +131,11 @@ pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
     let opened = match handshake {
         Ok(Ok(opened)) => opened,
         Ok(Err(reason)) => {
-            let _e = span.enter();
             tracing::info!(%reason, "connection refused during handshake");
             let _ = writer.shutdown().await;
             return;
         }
         Err(_) => {
-            let _e = span.enter();
             tracing::info!("handshake timed out");
             return;
         }
@@ -142,10 +144,7 @@ pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let stats = Arc::new(ConnectionStats::default());
     let writer_task = tokio::spawn(write_loop(writer, out_rx, Arc::clone(&stats)));
-    {
-        let _e = span.enter();
-        tracing::info!(user = %opened.user, vhost = %opened.vhost.name, "connection opened");
-    }
+    tracing::info!(user = %opened.user, vhost = %opened.vhost.name, "connection opened");
     broker.register_connection(
         id,
         ConnectionEntry {
@@ -181,7 +180,6 @@ pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
         route_cache: HashMap::new(),
         stats,
     };
-    let _e = span.enter();
     connection
         .run(reader, inbuf, events_rx, opened.heartbeat_s)
         .await;

@@ -65,7 +65,10 @@ pub fn spawn(
         fenced: false,
         effects: Vec::new(),
     };
-    tokio::spawn(actor.run());
+    // The span is attached to the future (never entered across an `.await`).
+    let span =
+        tracing::info_span!("queue", vhost = %actor.vhost.name, queue = %actor.handle.name());
+    tokio::spawn(tracing::Instrument::instrument(actor.run(), span));
     handle
 }
 
@@ -95,9 +98,6 @@ enum Flow {
 
 impl Actor {
     async fn run(mut self) {
-        let name = self.handle.name().to_string();
-        let span = tracing::info_span!("queue", vhost = %self.vhost.name, queue = %name);
-        let _enter = span.enter();
         loop {
             let timer = self.next_timer_ms();
             let first = match timer {
