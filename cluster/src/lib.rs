@@ -1,6 +1,23 @@
-//! `warren-cluster`: openraft type configuration, the raft log store on top of
-//! [`warren_storage`]'s shared write-ahead log, the queue and metadata state machines, and the raft
-//! network over tonic.
+//! `warren-cluster`: replication with openraft (0.9, `storage-v2`).
 //!
-//! Empty until the cluster issue lands; it depends on `storage` and `proto` only, as
-//! `../shared/DESIGN.md` §2 requires.
+//! Module map:
+//! - [`types`]: the openraft type configuration every group shares; commands and replies are
+//!   opaque bytes the state machines encode.
+//! - [`log_store`]: a group's raft log as one stream of the node's shared write-ahead log, so
+//!   one fdatasync serves every group (and every classic durable queue) at once.
+//! - [`state_machine`]: openraft's bookkeeping around a [`state_machine::ReplicatedState`]
+//!   (a quorum queue's state, the cluster metadata), with snapshots in the log's key-value
+//!   namespace.
+//!
+//! Still to come (the cluster issue): the raft network over tonic, the group registry, the
+//! queue and metadata state machines. This crate depends on `storage` and `proto` only
+//! (`../shared/DESIGN.md` §2).
+
+// openraft's traits return its `StorageError` (224 bytes); the helpers that feed them return it
+// too rather than convert twice.
+#![allow(clippy::result_large_err)]
+
+mod codec;
+pub mod log_store;
+pub mod state_machine;
+pub mod types;

@@ -1,0 +1,149 @@
+//! openraft's storage conformance suite against our log store on the shared write-ahead log
+//! (and the group state machine around a small key-value state), plus what the suite does not
+//! check: a restart keeps the vote, the entries, the purge point and the snapshot, and groups
+//! sharing one log stay apart.
+
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::testing::{log_id, StoreBuilder, Suite};
+use openraft::{EntryPayload, RaftLogReader, RaftSnapshotBuilder};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use warren_cluster::log_store::WalLogStore;
+use warren_cluster::state_machine::{GroupStateMachine, ReplicatedState};
+use warren_cluster::types::{Command, Entry, GroupId, StorageError, TypeConfig, Vote};
+use warren_storage::{Wal, WalConfig};
+
+/// A key-value state: commands are `key=value`; the reply is the previous value.
+#[derive(Debug, Default)]
+struct Kv(BTreeMap<String, String>);
+
+impl ReplicatedState for Kv {
+    fn apply(&mut self, command: &[u8]) -> Vec<u8> {
+        let text = String::from_utf8_lossy(command);
+        let (k, v) = text.split_once('=').unwrap_or((&text, ""));
+        self.0
+            .insert(k.to_string(), v.to_string())
+            .unwrap_or_default()
+            .into_bytes()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.0
+            .iter()
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect::<String>()
+            .into_bytes()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        let text = std::str::from_utf8(snapshot).map_err(|e| e.to_string())?;
+        self.0 = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Ok(())
+    }
+}
+
+fn open_wal(dir: &std::path::Path) -> Arc<Wal> {
+    let mut config = WalConfig::new(dir.join("wal"));
+    config.segment_bytes_max = 4 * 1024 * 1024;
+    config.record_bytes_max = 1024 * 1024;
+    config.prepare_segments = false;
+    Arc::new(Wal::open_dir(config).expect("open wal"))
+}
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, WalLogStore, GroupStateMachine<Kv>, tempfile::TempDir> for Builder {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, WalLogStore, GroupStateMachine<Kv>), StorageError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let wal = open_wal(dir.path());
+        let group = GroupId(7);
+        let log = WalLogStore::open(Arc::clone(&wal), group)?;
+        let sm = GroupStateMachine::open(wal, group, Kv::default())?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite_passes() {
+    Suite::test_all(Builder).expect("openraft's storage suite");
+}
+
+fn entry(term: u64, index: u64, command: &str) -> Entry {
+    Entry {
+        log_id: log_id(term, 1, index),
+        payload: EntryPayload::Normal(Command(command.as_bytes().to_vec())),
+    }
+}
+
+async fn append(log: &mut WalLogStore, entries: Vec<Entry>) {
+    use openraft::storage::RaftLogStorageExt;
+    log.blocking_append(entries).await.expect("append");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_vote_entries_purge_point_and_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let group = GroupId(3);
+    {
+        let wal = open_wal(dir.path());
+        let mut log = WalLogStore::open(Arc::clone(&wal), group).unwrap();
+        log.save_vote(&Vote::new(4, 2)).await.unwrap();
+        append(
+            &mut log,
+            (0..10)
+                .map(|i| entry(4, i, &format!("k{i}=v{i}")))
+                .collect(),
+        )
+        .await;
+        log.truncate(log_id(4, 1, 8)).await.unwrap();
+        log.purge(log_id(4, 1, 2)).await.unwrap();
+        let mut sm = GroupStateMachine::open(Arc::clone(&wal), group, Kv::default()).unwrap();
+        let entries = log.try_get_log_entries(3..6).await.unwrap();
+        sm.apply(entries).await.unwrap();
+        sm.build_snapshot().await.unwrap();
+        log.save_committed(Some(log_id(4, 1, 5))).await.unwrap();
+        // Make the unwaited records durable, as the next append would.
+        wal.sync().unwrap();
+    }
+    let wal = open_wal(dir.path());
+    let mut log = WalLogStore::open(Arc::clone(&wal), group).unwrap();
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(4, 2)));
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(4, 1, 2)));
+    assert_eq!(state.last_log_id, Some(log_id(4, 1, 7)), "truncated at 8");
+    let entries = log.try_get_log_entries(0..100).await.unwrap();
+    let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
+    assert_eq!(indexes, [3, 4, 5, 6, 7]);
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(4, 1, 5)));
+    let mut sm = GroupStateMachine::open(wal, group, Kv::default()).unwrap();
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(4, 1, 5)));
+    assert_eq!(sm.state().0.get("k4").map(String::as_str), Some("v4"));
+    assert!(
+        !sm.state().0.contains_key("k6"),
+        "not applied before the snapshot"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_sharing_one_log_stay_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = open_wal(dir.path());
+    let mut a = WalLogStore::open(Arc::clone(&wal), GroupId(1)).unwrap();
+    let mut b = WalLogStore::open(Arc::clone(&wal), GroupId(2)).unwrap();
+    a.save_vote(&Vote::new(1, 1)).await.unwrap();
+    b.save_vote(&Vote::new(9, 3)).await.unwrap();
+    append(&mut a, (0..5).map(|i| entry(1, i, "a")).collect()).await;
+    append(&mut b, (0..3).map(|i| entry(9, i, "b")).collect()).await;
+    b.purge(log_id(9, 1, 1)).await.unwrap();
+    assert_eq!(a.read_vote().await.unwrap(), Some(Vote::new(1, 1)));
+    assert_eq!(a.try_get_log_entries(..).await.unwrap().len(), 5);
+    assert_eq!(b.try_get_log_entries(..).await.unwrap().len(), 1);
+    assert_eq!(a.get_log_state().await.unwrap().last_purged_log_id, None);
+}
