@@ -8,7 +8,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Build scripts run single-threaded before any other code reads the environment.
     std::env::set_var("PROTOC", protoc);
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    let protos = ["proto/warren/admin/v1/admin.proto"];
+    let protos = [
+        "proto/warren/admin/v1/admin.proto",
+        "proto/warren/raft/v1/raft.proto",
+    ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("warren_descriptor.bin"))
         // `warrenctl --json` prints the replies as they are.

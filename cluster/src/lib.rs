@@ -9,8 +9,11 @@
 //!   (a quorum queue's state, the cluster metadata), with snapshots in the log's key-value
 //!   namespace.
 //!
-//! Still to come (the cluster issue): the raft network over tonic, the group registry, the
-//! queue and metadata state machines. This crate depends on `storage` and `proto` only
+//! - [`network`]: raft RPCs over tonic, one connection per peer multiplexed by group, and the
+//!   server side routing each request to its group.
+//!
+//! Still to come (the cluster issue): the quorum queue and metadata state machines, their
+//! wiring into the broker, membership and the local cluster command. This crate depends on `storage` and `proto` only
 //! (`../shared/DESIGN.md` §2).
 
 // openraft's traits return its `StorageError` (224 bytes); the helpers that feed them return it
@@ -19,5 +22,6 @@
 
 mod codec;
 pub mod log_store;
+pub mod network;
 pub mod state_machine;
 pub mod types;

@@ -5,13 +5,22 @@
 //!   declarations, test messages, peek, pause/resume, wire taps, detours, definitions.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
 //!
-//! The raft RPCs arrive with the cluster. This crate depends on nothing of ours
+//! - [`raft`]: `warren.raft.v1.Raft`, raft RPCs between nodes (payloads encoded by the cluster
+//!   crate).
+//!
+//! This crate depends on nothing of ours
 //! (`../shared/DESIGN.md` §2).
 
 /// `warren.admin.v1`.
 pub mod admin {
     #![allow(missing_debug_implementations, clippy::all)]
     tonic::include_proto!("warren.admin.v1");
+}
+
+/// `warren.raft.v1`: raft RPCs between nodes.
+pub mod raft {
+    #![allow(missing_debug_implementations, clippy::all)]
+    tonic::include_proto!("warren.raft.v1");
 }
 
 /// Message bodies in JSON output: UTF-8 text (invalid sequences replaced).

@@ -1,0 +1,253 @@
+//! Raft RPCs over tonic (`warren.raft.v1.Raft`): one HTTP/2 connection per peer node, shared by
+//! every raft group on it; each request names its group. Payloads are openraft's requests and
+//! results, bincode-encoded here.
+//!
+//! - [`Peers`]: the connections, opened lazily and reused.
+//! - [`GroupNetwork`]: what openraft gets per group to reach the group's other members.
+//! - [`Groups`] and [`RaftService`]: the server side, routing each request to its group.
+
+use crate::codec::{decode, encode};
+use crate::types::{GroupId, NodeId, TypeConfig};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Raft};
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+use warren_proto::raft::raft_client::RaftClient;
+use warren_proto::raft::raft_server::{Raft as RaftRpc, RaftServer};
+use warren_proto::raft::{RaftReply, RaftRequest};
+
+/// How long connecting to a peer may take before the call counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Connections to peer nodes by address, shared by every group.
+#[derive(Debug, Default, Clone)]
+pub struct Peers {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Peers {
+    fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+/// The network of one group: clients to the group's other members.
+#[derive(Debug, Clone)]
+pub struct GroupNetwork {
+    group: GroupId,
+    peers: Peers,
+}
+
+impl GroupNetwork {
+    pub fn new(group: GroupId, peers: Peers) -> GroupNetwork {
+        GroupNetwork { group, peers }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        PeerClient {
+            group: self.group,
+            target,
+            addr: node.addr.clone(),
+            peers: self.peers.clone(),
+        }
+    }
+}
+
+/// One group's client of one peer.
+#[derive(Debug)]
+pub struct PeerClient {
+    group: GroupId,
+    target: NodeId,
+    addr: String,
+    peers: Peers,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Rpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+type ClientError<E> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
+
+impl PeerClient {
+    async fn call<Req, Resp, E>(
+        &self,
+        rpc: Rpc,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, ClientError<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let channel = self
+            .peers
+            .channel(&self.addr)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let mut client = RaftClient::new(channel);
+        let mut message = Request::new(RaftRequest {
+            group: self.group.0,
+            payload: encode(request),
+        });
+        message.set_timeout(option.hard_ttl());
+        let reply = match rpc {
+            Rpc::AppendEntries => client.append_entries(message).await,
+            Rpc::Vote => client.vote(message).await,
+            Rpc::InstallSnapshot => client.install_snapshot(message).await,
+        };
+        let reply = reply.map_err(|status| match status.code() {
+            tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+            _ => RPCError::Network(NetworkError::new(&status)),
+        })?;
+        let result: Result<Resp, RaftError<NodeId, E>> = decode(&reply.into_inner().payload)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, ClientError<openraft::error::Infallible>> {
+        self.call(Rpc::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, ClientError<InstallSnapshotError>> {
+        self.call(Rpc::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, ClientError<openraft::error::Infallible>> {
+        self.call(Rpc::Vote, &rpc, &option).await
+    }
+}
+
+/// The raft groups this node serves, by id.
+#[derive(Clone, Default)]
+pub struct Groups {
+    rafts: Arc<RwLock<HashMap<GroupId, Raft<TypeConfig>>>>,
+}
+
+impl std::fmt::Debug for Groups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.rafts.read().map(|r| r.len()).unwrap_or(0);
+        f.debug_struct("Groups").field("groups", &n).finish()
+    }
+}
+
+impl Groups {
+    pub fn insert(&self, group: GroupId, raft: Raft<TypeConfig>) {
+        self.rafts
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(group, raft);
+    }
+
+    pub fn remove(&self, group: GroupId) -> Option<Raft<TypeConfig>> {
+        self.rafts
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&group)
+    }
+
+    pub fn get(&self, group: GroupId) -> Option<Raft<TypeConfig>> {
+        self.rafts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&group)
+            .cloned()
+    }
+}
+
+/// The server side of the raft RPCs.
+#[derive(Debug, Clone)]
+pub struct RaftService {
+    groups: Groups,
+}
+
+impl RaftService {
+    pub fn new(groups: Groups) -> RaftServer<RaftService> {
+        RaftServer::new(RaftService { groups })
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024)
+    }
+
+    fn target<T: DeserializeOwned>(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<(Raft<TypeConfig>, T), Status> {
+        let request = request.into_inner();
+        let raft = self.groups.get(GroupId(request.group)).ok_or_else(|| {
+            Status::not_found(format!("no raft group {} on this node", request.group))
+        })?;
+        let rpc = decode(&request.payload)
+            .map_err(|e| Status::invalid_argument(format!("raft request: {e}")))?;
+        Ok((raft, rpc))
+    }
+}
+
+fn reply<T: Serialize>(result: &T) -> Result<Response<RaftReply>, Status> {
+    Ok(Response::new(RaftReply {
+        payload: encode(result),
+    }))
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let (raft, rpc): (_, AppendEntriesRequest<TypeConfig>) = self.target(request)?;
+        reply(&raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let (raft, rpc): (_, VoteRequest<NodeId>) = self.target(request)?;
+        reply(&raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let (raft, rpc): (_, InstallSnapshotRequest<TypeConfig>) = self.target(request)?;
+        reply(&raft.install_snapshot(rpc).await)
+    }
+}

@@ -1,0 +1,185 @@
+//! Three raft members of one group, each on its own write-ahead log, talking over the tonic
+//! network on loopback: a leader is elected, writes are committed on a majority and applied on
+//! every member; with the leader gone the other two elect a new one and keep committing, and
+//! nothing committed is lost.
+
+use openraft::{BasicNode, Config, Raft};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use warren_cluster::log_store::WalLogStore;
+use warren_cluster::network::{GroupNetwork, Groups, Peers, RaftService};
+use warren_cluster::state_machine::{GroupStateMachine, ReplicatedState};
+use warren_cluster::types::{Command, GroupId, NodeId, TypeConfig};
+use warren_storage::{Wal, WalConfig};
+
+/// A key-value state shared with the test (the test reads it; raft owns the state machine).
+#[derive(Debug, Default, Clone)]
+struct Kv(Arc<Mutex<BTreeMap<String, String>>>);
+
+impl ReplicatedState for Kv {
+    fn apply(&mut self, command: &[u8]) -> Vec<u8> {
+        let text = String::from_utf8_lossy(command).into_owned();
+        let (k, v) = text.split_once('=').unwrap_or((&text, ""));
+        self.0.lock().unwrap().insert(k.into(), v.into());
+        Vec::new()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let map = self.0.lock().unwrap();
+        map.iter()
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect::<String>()
+            .into_bytes()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        let text = std::str::from_utf8(snapshot).map_err(|e| e.to_string())?;
+        *self.0.lock().unwrap() = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Ok(())
+    }
+}
+
+struct Member {
+    id: NodeId,
+    addr: String,
+    raft: Raft<TypeConfig>,
+    kv: Kv,
+    server: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+const GROUP: GroupId = GroupId(11);
+
+async fn member(id: NodeId) -> Member {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = WalConfig::new(dir.path().join("wal"));
+    config.segment_bytes_max = 8 * 1024 * 1024;
+    config.record_bytes_max = 1024 * 1024;
+    config.prepare_segments = false;
+    let wal = Arc::new(Wal::open_dir(config).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let groups = Groups::default();
+    let raft_config = Arc::new(
+        Config {
+            heartbeat_interval: 100,
+            election_timeout_min: 400,
+            election_timeout_max: 800,
+            ..Config::default()
+        }
+        .validate()
+        .unwrap(),
+    );
+    let kv = Kv::default();
+    let log = WalLogStore::open(Arc::clone(&wal), GROUP).unwrap();
+    let sm = GroupStateMachine::open(wal, GROUP, kv.clone()).unwrap();
+    let network = GroupNetwork::new(GROUP, Peers::default());
+    let raft = Raft::new(id, raft_config, network, log, sm).await.unwrap();
+    groups.insert(GROUP, raft.clone());
+    let server = tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tonic::transport::Server::builder()
+            .add_service(RaftService::new(groups))
+            .serve_with_incoming(incoming)
+            .await
+            .unwrap();
+    });
+    Member {
+        id,
+        addr,
+        raft,
+        kv,
+        server,
+        _dir: dir,
+    }
+}
+
+async fn leader_of(members: &[&Member]) -> NodeId {
+    let raft = &members[0].raft;
+    raft.wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.current_leader.is_some(), "a leader")
+        .await
+        .expect("a leader is elected");
+    raft.metrics().borrow().current_leader.unwrap()
+}
+
+async fn write(leader: &Member, key: &str, value: &str) -> u64 {
+    let reply = leader
+        .raft
+        .client_write(Command(format!("{key}={value}").into_bytes()))
+        .await
+        .expect("committed");
+    reply.log_id.index
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_replicates_and_survives_losing_its_leader() {
+    let members = vec![member(1).await, member(2).await, member(3).await];
+    let nodes: BTreeMap<NodeId, BasicNode> = members
+        .iter()
+        .map(|m| (m.id, BasicNode::new(&m.addr)))
+        .collect();
+    members[0].raft.initialize(nodes).await.unwrap();
+    let all: Vec<&Member> = members.iter().collect();
+    let leader_id = leader_of(&all).await;
+    let leader = members.iter().find(|m| m.id == leader_id).unwrap();
+
+    // Phase 1: writes commit and reach every member.
+    let mut last = 0;
+    for i in 0..50 {
+        last = write(leader, &format!("k{i}"), "one").await;
+    }
+    for m in &members {
+        m.raft
+            .wait(Some(Duration::from_secs(10)))
+            .applied_index_at_least(Some(last), "all applied")
+            .await
+            .unwrap();
+        assert_eq!(m.kv.0.lock().unwrap().len(), 50, "member {}", m.id);
+    }
+
+    // Phase 2: the leader goes away (raft stopped, server gone); the others carry on.
+    leader.raft.shutdown().await.unwrap();
+    leader.server.abort();
+    let survivors: Vec<&Member> = members.iter().filter(|m| m.id != leader_id).collect();
+    let new_leader_id = {
+        let raft = &survivors[0].raft;
+        raft.wait(Some(Duration::from_secs(15)))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| l != leader_id),
+                "a new leader",
+            )
+            .await
+            .expect("the survivors elect a new leader");
+        raft.metrics().borrow().current_leader.unwrap()
+    };
+    let new_leader = survivors.iter().find(|m| m.id == new_leader_id).unwrap();
+    for i in 50..80 {
+        last = write(new_leader, &format!("k{i}"), "two").await;
+    }
+    for m in &survivors {
+        m.raft
+            .wait(Some(Duration::from_secs(10)))
+            .applied_index_at_least(Some(last), "all applied")
+            .await
+            .unwrap();
+        let kv = m.kv.0.lock().unwrap();
+        let keys: BTreeSet<&String> = kv.keys().collect();
+        assert_eq!(
+            keys.len(),
+            80,
+            "every committed write is on member {}",
+            m.id
+        );
+        assert_eq!(kv.get("k0").map(String::as_str), Some("one"));
+        assert_eq!(kv.get("k79").map(String::as_str), Some("two"));
+    }
+    for m in survivors {
+        m.raft.shutdown().await.unwrap();
+    }
+}
