@@ -3,56 +3,16 @@
 //! check: a restart keeps the vote, the entries, the purge point and the snapshot, and groups
 //! sharing one log stay apart.
 
+mod common;
+
+use common::{open_wal, Kv};
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::testing::{log_id, StoreBuilder, Suite};
 use openraft::{EntryPayload, RaftLogReader, RaftSnapshotBuilder};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use warren_cluster::log_store::WalLogStore;
-use warren_cluster::state_machine::{GroupStateMachine, ReplicatedState};
+use warren_cluster::state_machine::GroupStateMachine;
 use warren_cluster::types::{Command, Entry, GroupId, StorageError, TypeConfig, Vote};
-use warren_storage::{Wal, WalConfig};
-
-/// A key-value state: commands are `key=value`; the reply is the previous value.
-#[derive(Debug, Default)]
-struct Kv(BTreeMap<String, String>);
-
-impl ReplicatedState for Kv {
-    fn apply(&mut self, command: &[u8]) -> Vec<u8> {
-        let text = String::from_utf8_lossy(command);
-        let (k, v) = text.split_once('=').unwrap_or((&text, ""));
-        self.0
-            .insert(k.to_string(), v.to_string())
-            .unwrap_or_default()
-            .into_bytes()
-    }
-
-    fn snapshot(&self) -> Vec<u8> {
-        self.0
-            .iter()
-            .map(|(k, v)| format!("{k}={v}\n"))
-            .collect::<String>()
-            .into_bytes()
-    }
-
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        let text = std::str::from_utf8(snapshot).map_err(|e| e.to_string())?;
-        self.0 = text
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Ok(())
-    }
-}
-
-fn open_wal(dir: &std::path::Path) -> Arc<Wal> {
-    let mut config = WalConfig::new(dir.join("wal"));
-    config.segment_bytes_max = 4 * 1024 * 1024;
-    config.record_bytes_max = 1024 * 1024;
-    config.prepare_segments = false;
-    Arc::new(Wal::open_dir(config).expect("open wal"))
-}
 
 struct Builder;
 
@@ -124,9 +84,9 @@ async fn a_restart_keeps_vote_entries_purge_point_and_snapshot() {
     let mut sm = GroupStateMachine::open(wal, group, Kv::default()).unwrap();
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied, Some(log_id(4, 1, 5)));
-    assert_eq!(sm.state().0.get("k4").map(String::as_str), Some("v4"));
+    assert_eq!(sm.state().get("k4").as_deref(), Some("v4"));
     assert!(
-        !sm.state().0.contains_key("k6"),
+        sm.state().get("k6").is_none(),
         "not applied before the snapshot"
     );
 }

@@ -3,46 +3,17 @@
 //! every member; with the leader gone the other two elect a new one and keep committing, and
 //! nothing committed is lost.
 
+mod common;
+
+use common::{open_wal, Kv};
 use openraft::{BasicNode, Config, Raft};
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use warren_cluster::log_store::WalLogStore;
 use warren_cluster::network::{GroupNetwork, Groups, Peers, RaftService};
-use warren_cluster::state_machine::{GroupStateMachine, ReplicatedState};
+use warren_cluster::state_machine::GroupStateMachine;
 use warren_cluster::types::{Command, GroupId, NodeId, TypeConfig};
-use warren_storage::{Wal, WalConfig};
-
-/// A key-value state shared with the test (the test reads it; raft owns the state machine).
-#[derive(Debug, Default, Clone)]
-struct Kv(Arc<Mutex<BTreeMap<String, String>>>);
-
-impl ReplicatedState for Kv {
-    fn apply(&mut self, command: &[u8]) -> Vec<u8> {
-        let text = String::from_utf8_lossy(command).into_owned();
-        let (k, v) = text.split_once('=').unwrap_or((&text, ""));
-        self.0.lock().unwrap().insert(k.into(), v.into());
-        Vec::new()
-    }
-
-    fn snapshot(&self) -> Vec<u8> {
-        let map = self.0.lock().unwrap();
-        map.iter()
-            .map(|(k, v)| format!("{k}={v}\n"))
-            .collect::<String>()
-            .into_bytes()
-    }
-
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        let text = std::str::from_utf8(snapshot).map_err(|e| e.to_string())?;
-        *self.0.lock().unwrap() = text
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Ok(())
-    }
-}
 
 struct Member {
     id: NodeId,
@@ -57,11 +28,7 @@ const GROUP: GroupId = GroupId(11);
 
 async fn member(id: NodeId) -> Member {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = WalConfig::new(dir.path().join("wal"));
-    config.segment_bytes_max = 8 * 1024 * 1024;
-    config.record_bytes_max = 1024 * 1024;
-    config.prepare_segments = false;
-    let wal = Arc::new(Wal::open_dir(config).unwrap());
+    let wal = open_wal(dir.path());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let groups = Groups::default();
@@ -140,7 +107,7 @@ async fn a_group_replicates_and_survives_losing_its_leader() {
             .applied_index_at_least(Some(last), "all applied")
             .await
             .unwrap();
-        assert_eq!(m.kv.0.lock().unwrap().len(), 50, "member {}", m.id);
+        assert_eq!(m.kv.count(), 50, "member {}", m.id);
     }
 
     // Phase 2: the leader goes away (raft stopped, server gone); the others carry on.
@@ -168,16 +135,14 @@ async fn a_group_replicates_and_survives_losing_its_leader() {
             .applied_index_at_least(Some(last), "all applied")
             .await
             .unwrap();
-        let kv = m.kv.0.lock().unwrap();
-        let keys: BTreeSet<&String> = kv.keys().collect();
         assert_eq!(
-            keys.len(),
+            m.kv.count(),
             80,
             "every committed write is on member {}",
             m.id
         );
-        assert_eq!(kv.get("k0").map(String::as_str), Some("one"));
-        assert_eq!(kv.get("k79").map(String::as_str), Some("two"));
+        assert_eq!(m.kv.get("k0").as_deref(), Some("one"));
+        assert_eq!(m.kv.get("k79").as_deref(), Some("two"));
     }
     for m in survivors {
         m.raft.shutdown().await.unwrap();
