@@ -227,6 +227,42 @@ async fn declarations_and_their_errors_map_to_precise_codes() -> Result<()> {
         if_unused: true,
     })
     .await?;
+    // Names the protocol cannot carry are refused before anything changes.
+    let long = "q".repeat(256);
+    let too_long = a
+        .declare_queue(DeclareQueueRequest {
+            vhost: vhost(),
+            name: long.clone(),
+            durable: true,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(code(too_long), Code::InvalidArgument);
+    let long_key = a
+        .publish(PublishRequest {
+            vhost: vhost(),
+            exchange: "amq.direct".into(),
+            routing_key: long,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(code(long_key), Code::InvalidArgument);
+    let nul = a
+        .add_vhost(VhostRef {
+            name: "a\0b".into(),
+        })
+        .await;
+    assert_eq!(code(nul), Code::InvalidArgument);
+    let reserved = a
+        .declare_exchange(DeclareExchangeRequest {
+            vhost: vhost(),
+            name: "amq.mine".into(),
+            r#type: "direct".into(),
+            durable: true,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(code(reserved), Code::InvalidArgument);
     let system = a
         .delete_exchange(DeleteExchangeRequest {
             vhost: vhost(),

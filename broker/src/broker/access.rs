@@ -20,6 +20,13 @@ impl Broker {
         if name.is_empty() {
             return Err(Refusal::new(ReplyCode::SyntaxError, "a vhost needs a name"));
         }
+        // Definition keys separate their parts with NUL (see `definitions.rs`).
+        if name.contains('\0') || name.len() > 255 {
+            return Err(Refusal::new(
+                ReplyCode::SyntaxError,
+                "a vhost name is at most 255 bytes and holds no NUL",
+            ));
+        }
         let _ddl = self.ddl.lock().await;
         if self.vhost(name).is_some() {
             return Ok(Added::AlreadyThere);
