@@ -168,7 +168,11 @@ impl Vhost {
             } else {
                 None
             };
-            let detours = state.detours.get(name);
+            let detours = if state.detours.is_empty() {
+                None
+            } else {
+                state.detours.get(name)
+            };
             let mut matched = false;
             x.route(routing_key, header_table, &mut |destination| {
                 matched = true;

@@ -96,63 +96,33 @@ fn message_info(entry: &Entry, body_bytes_max: u32) -> proto::MessageInfo {
     }
 }
 
-/// Hands `message` to each queue; with `confirm`, waits for every answer and says whether all
-/// accepted it (a queue that vanished meanwhile counts as accepting, as for a client).
-async fn enqueue(queues: &[Arc<QueueHandle>], message: &Arc<Message>, confirm: bool) -> bool {
+/// Hands each message to its queue, all before any answer is awaited (so one group commit
+/// serves them); with `confirm`, waits for every answer. Says per item whether it was accepted;
+/// a queue gone before it took the message answers `gone_accepts` (true for a publish, as for
+/// a client's unroutable message; false for a move, so the source keeps the message).
+async fn enqueue(
+    items: &[(&Arc<QueueHandle>, &Arc<Message>)],
+    confirm: bool,
+    gone_accepts: bool,
+) -> Vec<bool> {
     let owner = admin_channel();
     let (events, mut answers) = mpsc::unbounded_channel();
+    let mut accepted = vec![!confirm; items.len()];
     let mut expected = 0;
-    for (i, q) in queues.iter().enumerate() {
+    for (i, (queue, message)) in items.iter().enumerate() {
         let target = confirm.then(|| ConfirmTarget {
             events: events.clone(),
             owner,
             token: ConfirmToken::Publish(i as u64),
         });
-        let sent = q
-            .send(QueueCommand::Publish {
-                message: Arc::clone(message),
-                confirm: target,
-            })
-            .await;
-        if sent.is_ok() {
-            expected += 1;
-        }
-    }
-    drop(events);
-    if !confirm {
-        return true;
-    }
-    let mut all_ok = true;
-    for _ in 0..expected {
-        match answers.recv().await {
-            Some(ConnEvent::Confirm { ok, .. }) => all_ok &= ok,
-            Some(_) => {}
-            None => return false,
-        }
-    }
-    all_ok
-}
-
-/// Hands each entry's message to `queue` with a confirm; whether each was accepted (all sent
-/// before any answer is awaited, so one group commit serves the batch).
-async fn enqueue_each(queue: &Arc<QueueHandle>, entries: &[Entry]) -> Vec<bool> {
-    let owner = admin_channel();
-    let (events, mut answers) = mpsc::unbounded_channel();
-    let mut accepted = vec![false; entries.len()];
-    let mut expected = 0;
-    for (i, entry) in entries.iter().enumerate() {
         let command = QueueCommand::Publish {
-            message: Arc::clone(&entry.message),
-            confirm: Some(ConfirmTarget {
-                events: events.clone(),
-                owner,
-                token: ConfirmToken::Publish(i as u64),
-            }),
+            message: Arc::clone(message),
+            confirm: target,
         };
-        if queue.send(command).await.is_err() {
-            break;
+        match queue.send(command).await {
+            Ok(()) => expected += usize::from(confirm),
+            Err(_) => accepted[i] = gone_accepts,
         }
-        expected += 1;
     }
     drop(events);
     for _ in 0..expected {
@@ -167,6 +137,17 @@ async fn enqueue_each(queue: &Arc<QueueHandle>, entries: &[Entry]) -> Vec<bool> 
         }
     }
     accepted
+}
+
+/// The reply of a peek or get.
+fn message_list(entries: &[Entry], body_bytes_max: u32, remaining: u64) -> proto::MessageList {
+    proto::MessageList {
+        messages: entries
+            .iter()
+            .map(|e| message_info(e, body_bytes_max))
+            .collect(),
+        remaining,
+    }
 }
 
 pub async fn publish(
@@ -203,7 +184,11 @@ pub async fn publish(
             ))
         })?;
     GlobalCounters::add(&broker.totals.published, 1);
-    let confirmed = enqueue(&routed.queues, &message, request.wait_for_confirm).await;
+    let items: Vec<_> = routed.queues.iter().map(|q| (q, &message)).collect();
+    let confirmed = enqueue(&items, request.wait_for_confirm, true)
+        .await
+        .into_iter()
+        .all(|ok| ok);
     tracing::debug!(exchange = %request.exchange, queues = routed.queues.len(), "test message published from the admin plane");
     Ok(proto::PublishReply {
         routed_queues: routed.queues.iter().map(|q| q.name().to_string()).collect(),
@@ -222,13 +207,7 @@ pub async fn peek(
         .await
         .map_err(|_| Status::not_found("the queue was deleted"))?
         .map_err(super::status::from_refusal)?;
-    Ok(proto::MessageList {
-        messages: entries
-            .iter()
-            .map(|e| message_info(e, request.body_bytes_max))
-            .collect(),
-        remaining: q.ready(),
-    })
+    Ok(message_list(&entries, request.body_bytes_max, q.ready()))
 }
 
 pub async fn get(
@@ -257,13 +236,7 @@ pub async fn get(
         .await
         .map_err(|_| Status::not_found("the queue was deleted"))?
         .map_err(super::status::from_refusal)?;
-    Ok(proto::MessageList {
-        messages: entries
-            .iter()
-            .map(|e| message_info(e, request.body_bytes_max))
-            .collect(),
-        remaining,
-    })
+    Ok(message_list(&entries, request.body_bytes_max, remaining))
 }
 
 /// Moves ready messages from `source` to `destination`: each batch is taken as unacked, handed
@@ -306,7 +279,8 @@ pub async fn move_messages(
         if entries.is_empty() {
             break;
         }
-        let answers = enqueue_each(&destination, &entries).await;
+        let items: Vec<_> = entries.iter().map(|e| (&destination, &e.message)).collect();
+        let answers = enqueue(&items, true, false).await;
         let (accepted, refused): (Vec<_>, Vec<_>) =
             entries.iter().zip(answers).partition(|(_, ok)| *ok);
         let accepted: Vec<u64> = accepted.into_iter().map(|(e, _)| e.seq).collect();

@@ -124,7 +124,7 @@ impl Admin for AdminService {
     }
 
     async fn list_queues(&self, r: Request<ListRequest>) -> Reply<QueueList> {
-        ok(statistics::list_queues(&self.broker, &r.into_inner().vhost).await)
+        ok(statistics::list_queues(&self.broker, &r.into_inner().vhost))
     }
 
     async fn list_exchanges(&self, r: Request<ListRequest>) -> Reply<ExchangeList> {

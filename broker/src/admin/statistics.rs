@@ -1,7 +1,7 @@
 //! The statistics RPCs: overview, and lists of queues, exchanges, bindings, connections,
 //! channels, consumers, vhosts and nodes. Figures come from the counters the actors and
 //! connections publish (no queue is asked to stop for them), except channels and consumers,
-//! which are asked of their owners.
+//! which are asked of their owners (with a timeout).
 
 use super::convert::table_to_text;
 use crate::broker::Broker;
@@ -103,15 +103,11 @@ pub fn overview(broker: &Broker) -> proto::OverviewReply {
     }
 }
 
-pub async fn list_queues(broker: &Broker, filter: &str) -> proto::QueueList {
+pub fn list_queues(broker: &Broker, filter: &str) -> proto::QueueList {
     let mut out = Vec::new();
     for q in queues(broker, filter) {
         let c = &q.counters;
-        let paused = q
-            .ask(|reply| QueueCommand::Inspect { reply })
-            .await
-            .map(|i| i.paused)
-            .unwrap_or(false);
+        let paused = c.paused.load(std::sync::atomic::Ordering::Relaxed);
         let disk_bytes = q.decl.stream.map_or(0, |s| {
             broker.wal.stream_live(warren_storage::StreamId(s)).bytes
         });

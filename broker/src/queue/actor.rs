@@ -285,6 +285,7 @@ impl Actor {
             }
             QueueCommand::Pause { paused, reply } => {
                 self.state.set_paused(paused);
+                self.handle.counters.paused.store(paused, Ordering::Relaxed);
                 tracing::info!(paused, "deliveries paused or resumed from the admin plane");
                 let _ = reply.send(());
             }
@@ -305,7 +306,6 @@ impl Actor {
             }
             QueueCommand::Inspect { reply } => {
                 let _ = reply.send(super::QueueInspection {
-                    paused: self.state.is_paused(),
                     consumers: self.state.consumer_views(),
                 });
             }

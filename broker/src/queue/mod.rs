@@ -65,6 +65,8 @@ pub struct QueueCounters {
     pub publish_rate: crate::statistics::Rate,
     pub deliver_rate: crate::statistics::Rate,
     pub ack_rate: crate::statistics::Rate,
+    /// Deliveries paused from the admin plane.
+    pub paused: std::sync::atomic::AtomicBool,
 }
 
 impl QueueCounters {
@@ -250,7 +252,7 @@ pub enum QueueCommand {
         settle: Option<SettleAction>,
         reply: oneshot::Sender<Result<(Vec<state::Entry>, u64), Refusal>>,
     },
-    /// Admin: consumers and flags.
+    /// Admin: the consumers.
     Inspect {
         reply: oneshot::Sender<QueueInspection>,
     },
@@ -259,7 +261,6 @@ pub enum QueueCommand {
 /// What [`QueueCommand::Inspect`] tells.
 #[derive(Debug, Clone)]
 pub struct QueueInspection {
-    pub paused: bool,
     pub consumers: Vec<state::ConsumerView>,
 }
 

@@ -730,10 +730,6 @@ impl QueueState {
         self.paused = paused;
     }
 
-    pub fn is_paused(&self) -> bool {
-        self.paused
-    }
-
     /// Pauses or resumes the consumers with this tag; how many there were.
     pub fn set_consumer_paused(&mut self, tag: &str, paused: bool) -> u64 {
         let mut n = 0;
