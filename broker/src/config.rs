@@ -23,6 +23,8 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     /// Permissions to set at start.
     pub permissions: Vec<PermissionConfig>,
+    /// Membership of a cluster (absent: a single node).
+    pub cluster: Option<warren_cluster::node::ClusterConfig>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -133,6 +135,7 @@ impl Default for Config {
             vhosts: Vec::new(),
             users: Vec::new(),
             permissions: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -218,6 +221,9 @@ impl Config {
             return Err(ConfigError(
                 "limits.consumer_flow_window and limits.queue_inbox_max must be positive".into(),
             ));
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate().map_err(ConfigError)?;
         }
         for p in &self.permissions {
             for pattern in [&p.configure, &p.write, &p.read] {

@@ -24,4 +24,6 @@ pub enum BrokerError {
     },
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("cluster: {0}")]
+    Cluster(String),
 }

@@ -11,6 +11,7 @@
 //! - [`queue`]: queues as actors over a pure `QueueState`.
 //! - [`message`]: messages and their log records; [`delivery`]: queue → connection events.
 //! - [`definitions`]: durable definitions in the log's key-value namespace.
+//! - [`replication`]: cluster metadata through the metadata raft group.
 //! - [`auth`]: users, password hashes, permissions.
 //! - [`admin`]: the gRPC admin plane (the control bus); [`metrics`]: Prometheus `/metrics`;
 //!   [`statistics`]: counters and rates.
@@ -33,6 +34,7 @@ pub mod message;
 pub mod metrics;
 pub mod queue;
 pub mod refusal;
+pub mod replication;
 pub mod server;
 pub mod statistics;
 pub mod vhost;

@@ -59,7 +59,7 @@ impl Tap {
 }
 
 /// A detour: what `source` routes to `destination` goes to the exchange `via` instead.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Detour {
     pub source: String,
     pub destination: Destination,

@@ -20,13 +20,13 @@ use warren_storage::{Wal, WalConfig};
 struct Nothing;
 
 impl ReplicatedState for Nothing {
-    fn apply(&mut self, _command: &[u8]) -> Vec<u8> {
+    async fn apply(&mut self, _command: &[u8]) -> Vec<u8> {
         Vec::new()
     }
     fn snapshot(&self) -> Vec<u8> {
         Vec::new()
     }
-    fn restore(&mut self, _snapshot: &[u8]) -> Result<(), String> {
+    async fn restore(&mut self, _snapshot: &[u8]) -> Result<(), String> {
         Ok(())
     }
 }
@@ -107,7 +107,9 @@ async fn main() {
         let group = GroupId(g);
         for (i, n) in nodes.iter().enumerate() {
             let log = WalLogStore::open(Arc::clone(&n.wal), group).unwrap();
-            let sm = GroupStateMachine::open(Arc::clone(&n.wal), group, Nothing).unwrap();
+            let sm = GroupStateMachine::open(Arc::clone(&n.wal), group, Nothing)
+                .await
+                .unwrap();
             let network = GroupNetwork::new(group, n.peers.clone());
             let raft = Raft::new(i as u64 + 1, Arc::clone(&config), network, log, sm)
                 .await

@@ -12,8 +12,10 @@
 //! - [`network`]: raft RPCs over tonic, one connection per peer multiplexed by group, and the
 //!   server side routing each request to its group.
 //!
-//! Still to come (the cluster issue): the quorum queue and metadata state machines, their
-//! wiring into the broker, membership and the local cluster command. This crate depends on `storage` and `proto` only
+//! - [`node`]: a node's groups, its configuration, and proposals forwarded to a group's leader.
+//!
+//! The state machines themselves (cluster metadata, quorum queues) live in the broker, which
+//! implements [`state_machine::ReplicatedState`] for them. This crate depends on `storage` and `proto` only
 //! (`../shared/DESIGN.md` §2).
 
 // openraft's traits return its `StorageError` (224 bytes); the helpers that feed them return it
@@ -23,5 +25,6 @@
 mod codec;
 pub mod log_store;
 pub mod network;
+pub mod node;
 pub mod state_machine;
 pub mod types;

@@ -7,9 +7,10 @@
 //! - [`Groups`] and [`RaftService`]: the server side, routing each request to its group.
 
 use crate::codec::{decode, encode};
-use crate::types::{GroupId, NodeId, TypeConfig};
+use crate::types::{Command, GroupId, NodeId, TypeConfig};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -25,7 +26,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 use warren_proto::raft::raft_client::RaftClient;
 use warren_proto::raft::raft_server::{Raft as RaftRpc, RaftServer};
-use warren_proto::raft::{RaftReply, RaftRequest};
+use warren_proto::raft::{ProposeReply, ProposeRequest, RaftReply, RaftRequest};
 
 /// How long connecting to a peer may take before the call counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -37,7 +38,7 @@ pub struct Peers {
 }
 
 impl Peers {
-    fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    pub(crate) fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
@@ -186,6 +187,24 @@ impl Groups {
             .remove(&group)
     }
 
+    /// Takes every group out (the node is stopping).
+    pub fn drain(&self) -> Vec<(GroupId, Raft<TypeConfig>)> {
+        self.rafts
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect()
+    }
+
+    pub fn ids(&self) -> Vec<GroupId> {
+        self.rafts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect()
+    }
+
     pub fn get(&self, group: GroupId) -> Option<Raft<TypeConfig>> {
         self.rafts
             .read()
@@ -249,5 +268,34 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<RaftReply>, Status> {
         let (raft, rpc): (_, InstallSnapshotRequest<TypeConfig>) = self.target(request)?;
         reply(&raft.install_snapshot(rpc).await)
+    }
+
+    async fn propose(
+        &self,
+        request: Request<ProposeRequest>,
+    ) -> Result<Response<ProposeReply>, Status> {
+        let request = request.into_inner();
+        let raft = self.groups.get(GroupId(request.group)).ok_or_else(|| {
+            Status::not_found(format!("no raft group {} on this node", request.group))
+        })?;
+        let not_applied = |leader: Option<NodeId>| ProposeReply {
+            applied: false,
+            reply: Vec::new(),
+            index: 0,
+            leader: leader.unwrap_or(0),
+        };
+        match raft.client_write(Command(request.command)).await {
+            Ok(response) => Ok(Response::new(ProposeReply {
+                applied: true,
+                reply: response.data.0,
+                index: response.log_id.index,
+                leader: 0,
+            })),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Ok(Response::new(not_applied(f.leader_id)))
+            }
+            Err(RaftError::APIError(e)) => Err(Status::unavailable(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(Status::unavailable(e.to_string())),
+        }
     }
 }

@@ -13,19 +13,24 @@ use crate::types::{
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
+use std::future::Future;
 use std::io::Cursor;
 use std::sync::Arc;
 use warren_storage::Wal;
 
 /// What a replicated group holds. `apply` must be deterministic: every replica applies the same
 /// commands in the same order and must reach the same state.
+///
+/// `apply` and `restore` are asynchronous because a state may be the live broker's (the
+/// metadata group applies a declaration to the node's exchanges and queues); they must not wait
+/// on their own group.
 pub trait ReplicatedState: Send + Sync + 'static {
     /// Applies one command; the reply goes back to whoever proposed it.
-    fn apply(&mut self, command: &[u8]) -> Vec<u8>;
+    fn apply(&mut self, command: &[u8]) -> impl Future<Output = Vec<u8>> + Send;
     /// The whole state, encoded.
     fn snapshot(&self) -> Vec<u8>;
     /// Replaces the state with a snapshot's.
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
+    fn restore(&mut self, snapshot: &[u8]) -> impl Future<Output = Result<(), String>> + Send;
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,7 +73,7 @@ struct RestoreError(String);
 
 impl<S: ReplicatedState> GroupStateMachine<S> {
     /// A state machine over `state`, resumed from the group's stored snapshot if it has one.
-    pub fn open(wal: Arc<Wal>, group: GroupId, mut state: S) -> Result<Self, StorageError> {
+    pub async fn open(wal: Arc<Wal>, group: GroupId, mut state: S) -> Result<Self, StorageError> {
         let stored: Option<StoredSnapshot> =
             match wal.kv_get(&snapshot_key(group)).map_err(sm_error)? {
                 Some(bytes) => Some(decode(&bytes).map_err(sm_error)?),
@@ -78,6 +83,7 @@ impl<S: ReplicatedState> GroupStateMachine<S> {
             Some(s) => {
                 state
                     .restore(&s.data)
+                    .await
                     .map_err(|e| sm_error(RestoreError(e)))?;
                 (s.meta.last_log_id, s.meta.last_membership.clone())
             }
@@ -151,7 +157,9 @@ impl<S: ReplicatedState> RaftStateMachine<TypeConfig> for GroupStateMachine<S> {
             self.last_applied = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Blank => replies.push(Reply::default()),
-                EntryPayload::Normal(command) => replies.push(Reply(self.state.apply(&command.0))),
+                EntryPayload::Normal(command) => {
+                    replies.push(Reply(self.state.apply(&command.0).await))
+                }
                 EntryPayload::Membership(membership) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), membership);
                     replies.push(Reply::default());
@@ -180,6 +188,7 @@ impl<S: ReplicatedState> RaftStateMachine<TypeConfig> for GroupStateMachine<S> {
         let data = snapshot.into_inner();
         self.state
             .restore(&data)
+            .await
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &RestoreError(e)))?;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();

@@ -24,7 +24,7 @@ impl StoreBuilder<TypeConfig, WalLogStore, GroupStateMachine<Kv>, tempfile::Temp
         let wal = open_wal(dir.path());
         let group = GroupId(7);
         let log = WalLogStore::open(Arc::clone(&wal), group)?;
-        let sm = GroupStateMachine::open(wal, group, Kv::default())?;
+        let sm = GroupStateMachine::open(wal, group, Kv::default()).await?;
         Ok((dir, log, sm))
     }
 }
@@ -63,7 +63,9 @@ async fn a_restart_keeps_vote_entries_purge_point_and_snapshot() {
         .await;
         log.truncate(log_id(4, 1, 8)).await.unwrap();
         log.purge(log_id(4, 1, 2)).await.unwrap();
-        let mut sm = GroupStateMachine::open(Arc::clone(&wal), group, Kv::default()).unwrap();
+        let mut sm = GroupStateMachine::open(Arc::clone(&wal), group, Kv::default())
+            .await
+            .unwrap();
         let entries = log.try_get_log_entries(3..6).await.unwrap();
         sm.apply(entries).await.unwrap();
         sm.build_snapshot().await.unwrap();
@@ -81,7 +83,9 @@ async fn a_restart_keeps_vote_entries_purge_point_and_snapshot() {
     let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
     assert_eq!(indexes, [3, 4, 5, 6, 7]);
     assert_eq!(log.read_committed().await.unwrap(), Some(log_id(4, 1, 5)));
-    let mut sm = GroupStateMachine::open(wal, group, Kv::default()).unwrap();
+    let mut sm = GroupStateMachine::open(wal, group, Kv::default())
+        .await
+        .unwrap();
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied, Some(log_id(4, 1, 5)));
     assert_eq!(sm.state().get("k4").as_deref(), Some("v4"));

@@ -44,7 +44,9 @@ async fn member(id: NodeId) -> Member {
     );
     let kv = Kv::default();
     let log = WalLogStore::open(Arc::clone(&wal), GROUP).unwrap();
-    let sm = GroupStateMachine::open(wal, GROUP, kv.clone()).unwrap();
+    let sm = GroupStateMachine::open(wal, GROUP, kv.clone())
+        .await
+        .unwrap();
     let network = GroupNetwork::new(GROUP, Peers::default());
     let raft = Raft::new(id, raft_config, network, log, sm).await.unwrap();
     groups.insert(GROUP, raft.clone());

@@ -9,6 +9,9 @@ use crate::ids::{Lsn, SegmentId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
+    #[error("the log directory is in use by another process (lock {path} is held)")]
+    InUse { path: PathBuf },
+
     #[error("I/O error while {action} {path}")]
     Io {
         action: &'static str,

@@ -11,6 +11,7 @@
 //! engine in `storage/tests/`.
 
 pub mod admin;
+pub mod cluster;
 pub mod raw;
 
 use std::io::{BufRead, BufReader};
@@ -108,18 +109,27 @@ impl Warren {
     }
 
     fn spawn(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let log_path = self
-            .data_dir
+        let launched = self.launch();
+        self.await_ready(launched);
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.data_dir
             .parent()
             .expect("data dir has a parent")
-            .join("warren.log");
+            .join("warren.log")
+    }
+
+    /// Starts the process; [`Warren::await_ready`] reads its ready lines. Split so that the
+    /// nodes of a cluster (each waits for a majority before it is ready) start together.
+    fn launch(&mut self) -> Child {
+        assert!(self.child.is_none(), "already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&log_path)
+            .open(self.log_path())
             .expect("log file");
-        let mut child = Command::new(warren_binary())
+        Command::new(warren_binary())
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--listen")
@@ -138,15 +148,27 @@ impl Warren {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
-            .expect("spawning warren");
+            .expect("spawning warren")
+    }
+
+    /// Reads the ready lines: `listening on`, then `cluster node N listening on` (clustered),
+    /// `admin listening on` and `metrics listening on` (unless `--no-admin`).
+    fn await_ready(&mut self, mut child: Child) {
         let stdout = child.stdout.take().expect("piped stdout");
         let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .expect("reading warren's stdout");
+        let mut first = String::new();
+        let _ = reader.read_line(&mut first);
+        let Some(addr) = first.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "warren did not start (stdout {first:?}); log:\n{}",
+                std::fs::read_to_string(self.log_path()).unwrap_or_default()
+            );
+        };
+        self.addr = addr.parse().expect("address in the ready line");
         if !self.extra_args.iter().any(|a| a == "--no-admin") {
-            for _ in 0..2 {
+            loop {
                 let mut more = String::new();
                 reader
                     .read_line(&mut more)
@@ -156,15 +178,12 @@ impl Warren {
                     self.admin_addr = Some(a.parse().expect("admin address"));
                 } else if let Some(a) = more.strip_prefix("metrics listening on ") {
                     self.metrics_addr = Some(a.parse().expect("metrics address"));
+                    break;
+                } else if more.is_empty() {
+                    panic!("warren's ready lines ended early");
                 }
             }
         }
-        let Some(addr) = line.trim().strip_prefix("listening on ") else {
-            let _ = child.kill();
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            panic!("warren did not start (stdout {line:?}); log:\n{log}");
-        };
-        self.addr = addr.parse().expect("address in the ready line");
         self.child = Some(child);
     }
 
@@ -214,8 +233,11 @@ impl Warren {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.data_dir.parent().expect("parent").join("warren.log"))
-            .unwrap_or_default()
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 }
 

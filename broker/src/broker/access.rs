@@ -7,6 +7,7 @@ use crate::auth::{CompiledPermission, Permission, User};
 use crate::definitions::VhostDecl;
 use crate::delivery::ConnEvent;
 use crate::refusal::Refusal;
+use crate::replication::{MetaOk, MetaOp};
 
 /// What adding a vhost did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +28,14 @@ impl Broker {
                 "a vhost name is at most 255 bytes and holds no NUL",
             ));
         }
+        if let Some(node) = self.proposer() {
+            let ok = self.replicate(node, MetaOp::AddVhost(name.into())).await?;
+            return Ok(if ok == MetaOk::Created(true) {
+                Added::Created
+            } else {
+                Added::AlreadyThere
+            });
+        }
         let _ddl = self.ddl.lock().await;
         if self.vhost(name).is_some() {
             return Ok(Added::AlreadyThere);
@@ -43,6 +52,15 @@ impl Broker {
     /// Deletes a vhost: its connections are closed (320), its queues deleted with their
     /// messages, its exchanges, bindings, detours and permissions removed.
     pub async fn delete_vhost(&self, name: &str) -> Result<(), Refusal> {
+        if let Some(node) = self.proposer() {
+            if self.vhost(name).is_none() {
+                self.catch_up().await;
+            }
+            return self
+                .replicate(node, MetaOp::DeleteVhost(name.into()))
+                .await
+                .map(drop);
+        }
         let Some(vhost) = self.vhost(name) else {
             return Err(Refusal::not_found(format!("no vhost '{name}'")));
         };
@@ -110,6 +128,9 @@ impl Broker {
         if user.name.is_empty() {
             return Err(Refusal::new(ReplyCode::SyntaxError, "a user needs a name"));
         }
+        if let Some(node) = self.proposer() {
+            return self.replicate(node, MetaOp::PutUser(user)).await.map(drop);
+        }
         let _ddl = self.ddl.lock().await;
         self.definitions.put_user(&user)?;
         tracing::info!(user = %user.name, tags = ?user.tags, "user created or updated");
@@ -119,6 +140,12 @@ impl Broker {
 
     /// Deletes a user with their permissions, and closes their connections (320).
     pub async fn delete_user(&self, name: &str) -> Result<(), Refusal> {
+        if let Some(node) = self.proposer() {
+            return self
+                .replicate(node, MetaOp::DeleteUser(name.into()))
+                .await
+                .map(drop);
+        }
         let _ddl = self.ddl.lock().await;
         if self.users.write().unwrap().remove(name).is_none() {
             return Err(Refusal::not_found(format!("no user '{name}'")));
@@ -164,6 +191,12 @@ impl Broker {
     pub async fn set_permission(&self, p: Permission) -> Result<(), Refusal> {
         let compiled = CompiledPermission::compile(&p)
             .map_err(|e| Refusal::new(ReplyCode::SyntaxError, e.to_string()))?;
+        if let Some(node) = self.proposer() {
+            return self
+                .replicate(node, MetaOp::SetPermission(p))
+                .await
+                .map(drop);
+        }
         let _ddl = self.ddl.lock().await;
         if self.vhost(&p.vhost).is_none() {
             return Err(Refusal::not_found(format!("no vhost '{}'", p.vhost)));
@@ -181,6 +214,13 @@ impl Broker {
     }
 
     pub async fn clear_permission(&self, user: &str, vhost: &str) -> Result<(), Refusal> {
+        if let Some(node) = self.proposer() {
+            let op = MetaOp::ClearPermission {
+                user: user.into(),
+                vhost: vhost.into(),
+            };
+            return self.replicate(node, op).await.map(drop);
+        }
         let _ddl = self.ddl.lock().await;
         let removed = self
             .permissions

@@ -37,6 +37,11 @@ const STANDARD_EXCHANGES: &[(&str, ExchangeKind)] = &[
     ("amq.match", ExchangeKind::Headers),
 ];
 
+/// Whether `name` is one of the exchanges every vhost has.
+pub fn is_standard_exchange(name: &str) -> bool {
+    STANDARD_EXCHANGES.iter().any(|(x, _)| *x == name)
+}
+
 /// Parameters of `queue.declare`.
 #[derive(Debug, Clone)]
 pub struct QueueDeclare {
@@ -92,6 +97,8 @@ pub struct Broker {
     pub started: Instant,
     disk_blocked: AtomicBool,
     pub totals: crate::statistics::GlobalCounters,
+    /// The cluster node, on a clustered broker (set once at start).
+    cluster: std::sync::OnceLock<warren_cluster::node::Node>,
 }
 
 mod access;
@@ -107,8 +114,48 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Broker {
     /// Opens the log under `config.data_dir`, recovers definitions and messages, and starts
-    /// every durable queue. Must run inside a tokio runtime.
+    /// every durable queue. Must run inside a tokio runtime. Single node only (a clustered
+    /// configuration needs [`Broker::start`]).
     pub fn open(config: Config) -> Result<Arc<Broker>, BrokerError> {
+        let (broker, loaded) = Broker::open_log(config)?;
+        broker.recover(loaded)?;
+        tokio::spawn(crate::statistics::sample_forever(Arc::downgrade(&broker)));
+        Ok(broker)
+    }
+
+    /// Starts a broker: [`Broker::open`] for a single node; for a clustered one, also joins
+    /// the cluster (its raft listener, the metadata group replayed up to what this node knew
+    /// as committed), recovers this node's classic queues, and makes sure the cluster has its
+    /// default and configured users (which waits for a majority of the members).
+    pub async fn start(config: Config) -> Result<Arc<Broker>, BrokerError> {
+        let Some(cluster) = config.cluster.clone() else {
+            return Broker::open(config);
+        };
+        let (broker, loaded) = Broker::open_log(config)?;
+        let node = warren_cluster::node::Node::new(cluster, Arc::clone(&broker.wal))
+            .map_err(|e| BrokerError::Config(crate::config::ConfigError(e)))?;
+        crate::replication::serve_node(&node).await?;
+        let _ = broker.cluster.set(node.clone());
+        let members: Vec<u64> = node.config().members.keys().copied().collect();
+        node.start_group(
+            crate::replication::META_GROUP,
+            &members,
+            crate::replication::MetaState::new(&broker),
+        )
+        .await
+        .map_err(BrokerError::Cluster)?;
+        broker.recover_local(loaded)?;
+        tokio::spawn(crate::statistics::sample_forever(Arc::downgrade(&broker)));
+        broker.ensure_cluster_access().await;
+        Ok(broker)
+    }
+
+    /// The cluster node, when clustered.
+    pub fn cluster_node(&self) -> Option<&warren_cluster::node::Node> {
+        self.cluster.get()
+    }
+
+    fn open_log(config: Config) -> Result<(Arc<Broker>, crate::definitions::Loaded), BrokerError> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| BrokerError::Io {
             what: "creating data directory",
@@ -139,13 +186,15 @@ impl Broker {
             started: Instant::now(),
             disk_blocked: AtomicBool::new(false),
             totals: Default::default(),
+            cluster: std::sync::OnceLock::new(),
         });
-        broker.recover(loaded)?;
-        tokio::spawn(crate::statistics::sample_forever(Arc::downgrade(&broker)));
-        Ok(broker)
+        Ok((broker, loaded))
     }
 
-    fn recover(self: &Arc<Broker>, loaded: crate::definitions::Loaded) -> Result<(), BrokerError> {
+    fn recover(
+        self: &Arc<Broker>,
+        mut loaded: crate::definitions::Loaded,
+    ) -> Result<(), BrokerError> {
         let fresh = loaded.vhosts.is_empty() && loaded.users.is_empty();
         if fresh {
             let d = &self.config.default_user;
@@ -172,14 +221,14 @@ impl Broker {
         for v in &loaded.vhosts {
             self.add_vhost_in_memory(&v.name);
         }
-        for u in loaded.users {
+        for u in std::mem::take(&mut loaded.users) {
             self.users.write().unwrap().insert(u.name.clone(), u);
         }
         for p in &loaded.permissions {
             self.add_permission_in_memory(p);
         }
         self.apply_configured_access()?;
-        for decl in loaded.exchanges {
+        for decl in std::mem::take(&mut loaded.exchanges) {
             let Some(vhost) = self.vhost(&decl.vhost) else {
                 continue;
             };
@@ -191,6 +240,28 @@ impl Broker {
                 .exchanges
                 .insert(decl.name.clone(), Exchange::new(decl, kind));
         }
+        let detours = std::mem::take(&mut loaded.detours);
+        for (vhost_name, detour) in detours {
+            if let Some(vhost) = self.vhost(&vhost_name) {
+                vhost
+                    .write()
+                    .detours
+                    .entry(detour.source.clone())
+                    .or_default()
+                    .push(detour);
+            }
+        }
+        self.recover_local(loaded)
+    }
+
+    /// Recovers this node's own queues (with their messages) and their bindings. On a
+    /// clustered node the rest of the definitions come from the metadata group, and only the
+    /// bindings to this node's queues are its own.
+    fn recover_local(
+        self: &Arc<Broker>,
+        loaded: crate::definitions::Loaded,
+    ) -> Result<(), BrokerError> {
+        let clustered = self.cluster.get().is_some();
         let mut recovered = 0u64;
         for decl in loaded.queues {
             let Some(vhost) = self.vhost(&decl.vhost) else {
@@ -205,20 +276,13 @@ impl Broker {
                 .insert(handle.name().to_string(), handle);
         }
         for (vhost_name, binding) in loaded.bindings {
+            if clustered && !matches!(binding.destination, crate::exchange::Destination::Queue(_)) {
+                continue;
+            }
             if let Some(vhost) = self.vhost(&vhost_name) {
                 if let Some(x) = vhost.write().exchanges.get_mut(&binding.source) {
                     let _ = x.bind(binding);
                 }
-            }
-        }
-        for (vhost_name, detour) in loaded.detours {
-            if let Some(vhost) = self.vhost(&vhost_name) {
-                vhost
-                    .write()
-                    .detours
-                    .entry(detour.source.clone())
-                    .or_default()
-                    .push(detour);
             }
         }
         tracing::info!(

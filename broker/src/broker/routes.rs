@@ -6,6 +6,7 @@
 use super::{Added, Broker};
 use crate::exchange::Destination;
 use crate::refusal::Refusal;
+use crate::replication::{MetaOk, MetaOp};
 use crate::vhost::{Detour, Tap, TapSource};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -112,6 +113,18 @@ impl Broker {
 
     /// Sends what `detour.source` routes to `detour.destination` through `detour.via`.
     pub async fn start_detour(&self, vhost_name: &str, detour: Detour) -> Result<Added, Refusal> {
+        if let Some(node) = self.proposer() {
+            let op = MetaOp::StartDetour {
+                vhost: vhost_name.into(),
+                detour,
+            };
+            let ok = self.replicate(node, op).await?;
+            return Ok(if ok == MetaOk::Created(true) {
+                Added::Created
+            } else {
+                Added::AlreadyThere
+            });
+        }
         let vhost = self
             .vhost(vhost_name)
             .ok_or_else(|| Refusal::not_found(format!("no vhost '{vhost_name}'")))?;
@@ -176,6 +189,14 @@ impl Broker {
         source: &str,
         destination: &Destination,
     ) -> Result<(), Refusal> {
+        if let Some(node) = self.proposer() {
+            let op = MetaOp::StopDetour {
+                vhost: vhost_name.into(),
+                source: source.into(),
+                destination: destination.clone(),
+            };
+            return self.replicate(node, op).await.map(drop);
+        }
         let vhost = self
             .vhost(vhost_name)
             .ok_or_else(|| Refusal::not_found(format!("no vhost '{vhost_name}'")))?;

@@ -10,6 +10,7 @@ use crate::exchange::{Binding, Destination, Exchange, ExchangeDecl, ExchangeKind
 use crate::queue::args::{self, QueueArgs, QueueType};
 use crate::queue::{QueueCommand, QueueDecl, QueueHandle};
 use crate::refusal::Refusal;
+use crate::replication::MetaOp;
 use crate::vhost::Vhost;
 use std::sync::Arc;
 
@@ -22,6 +23,24 @@ impl Broker {
         d: ExchangeDeclare,
     ) -> Result<(), Refusal> {
         let vhost = self.vhost_or_refuse(vhost_name)?;
+        if let Some(node) = self.proposer() {
+            if d.passive {
+                if !vhost.read().exchanges.contains_key(&d.name) {
+                    self.catch_up().await;
+                }
+            } else {
+                let op = MetaOp::DeclareExchange {
+                    vhost: vhost_name.into(),
+                    name: d.name.clone(),
+                    kind: d.kind.clone(),
+                    durable: d.durable,
+                    auto_delete: d.auto_delete,
+                    internal: d.internal,
+                    arguments: d.arguments.encode().to_vec(),
+                };
+                return self.replicate(node, op).await.map(drop);
+            }
+        }
         let _ddl = self.ddl.lock().await;
         let missing =
             || Refusal::not_found(format!("no exchange '{}' in vhost '{vhost_name}'", d.name));
@@ -113,6 +132,24 @@ impl Broker {
             return Err(Refusal::access_refused(format!(
                 "operation not permitted on the default exchange or system exchange '{name}'"
             )));
+        }
+        if let Some(node) = self.proposer() {
+            // `if-unused` is judged here (this node's bindings include its classic queues');
+            // every node then deletes unconditionally.
+            if if_unused {
+                if let Some(x) = vhost.read().exchanges.get(name) {
+                    if !x.bindings().is_empty() {
+                        return Err(Refusal::precondition(format!(
+                            "exchange '{name}' in vhost '{vhost_name}' in use"
+                        )));
+                    }
+                }
+            }
+            let op = MetaOp::DeleteExchange {
+                vhost: vhost_name.into(),
+                name: name.into(),
+            };
+            return self.replicate(node, op).await.map(drop);
         }
         let _ddl = self.ddl.lock().await;
         {
@@ -252,6 +289,15 @@ impl Broker {
                 d.name
             ))
         })?;
+        if args.queue_type == QueueType::Quorum && self.cluster_node().is_some() {
+            return Err(Refusal::new(
+                ReplyCode::NotImplemented,
+                format!(
+                    "quorum queues are not yet replicated on a clustered node (queue '{}' in vhost '{vhost_name}')",
+                    d.name
+                ),
+            ));
+        }
         if args.queue_type == QueueType::Quorum {
             let bad = if !d.durable {
                 Some("non-durable")
@@ -362,6 +408,18 @@ impl Broker {
         binding: Binding,
     ) -> Result<(), Refusal> {
         let vhost = self.vhost_or_refuse(vhost_name)?;
+        if let Some(node) = self.proposer() {
+            if matches!(binding.destination, Destination::Exchange(_)) {
+                let op = MetaOp::Bind {
+                    vhost: vhost_name.into(),
+                    binding,
+                };
+                return self.replicate(node, op).await.map(drop);
+            }
+            if !vhost.read().exchanges.contains_key(&binding.source) {
+                self.catch_up().await;
+            }
+        }
         let _ddl = self.ddl.lock().await;
         let durable;
         {
@@ -415,6 +473,15 @@ impl Broker {
         binding: Binding,
     ) -> Result<(), Refusal> {
         let vhost = self.vhost_or_refuse(vhost_name)?;
+        if let Some(node) = self.proposer() {
+            if matches!(binding.destination, Destination::Exchange(_)) {
+                let op = MetaOp::Unbind {
+                    vhost: vhost_name.into(),
+                    binding,
+                };
+                return self.replicate(node, op).await.map(drop);
+            }
+        }
         let _ddl = self.ddl.lock().await;
         {
             let mut state = vhost.write();

@@ -357,7 +357,12 @@ async fn handshake(
             return Err(refuse(writer, reader, inbuf, &refusal, (10, 11)).await);
         }
         Some((user, password)) => {
-            let known = broker.user(&user);
+            let mut known = broker.user(&user);
+            if known.is_none() {
+                // A user just added on another node of the cluster may not be applied here yet.
+                broker.catch_up().await;
+                known = broker.user(&user);
+            }
             let valid = known.as_ref().is_some_and(|u| u.check_password(&password));
             let loopback_only = broker.config.default_user.loopback_users.contains(&user);
             if !valid {
@@ -418,6 +423,10 @@ async fn handshake(
         other => return Err(format!("expected connection.open, got {other:?}")),
     };
     let vhost_name = open.virtual_host.as_str();
+    if broker.vhost(vhost_name).is_none() {
+        // A vhost just added on another node of the cluster may not be applied here yet.
+        broker.catch_up().await;
+    }
     let vhost = match broker.vhost(vhost_name) {
         Some(v) if broker.has_vhost_access(&user, vhost_name) => v,
         Some(_) => {

@@ -25,7 +25,7 @@ impl Kv {
 }
 
 impl ReplicatedState for Kv {
-    fn apply(&mut self, command: &[u8]) -> Vec<u8> {
+    async fn apply(&mut self, command: &[u8]) -> Vec<u8> {
         let text = String::from_utf8_lossy(command).into_owned();
         let (k, v) = text.split_once('=').unwrap_or((&text, ""));
         self.0
@@ -44,7 +44,7 @@ impl ReplicatedState for Kv {
             .into_bytes()
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+    async fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
         let text = std::str::from_utf8(snapshot).map_err(|e| e.to_string())?;
         *self.0.lock().unwrap() = text
             .lines()

@@ -190,6 +190,25 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Wal {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+    /// The directory's lock (`LOCK`, flock'd exclusively) while a real directory is open.
+    _dir_lock: Option<std::fs::File>,
+}
+
+/// Takes the directory's exclusive lock, so that a second process (or a second open in this
+/// one) is refused before it touches the index or the segments.
+fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StorageError::io("opening the lock file", &path, e))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(StorageError::InUse { path }),
+        Err(e) => Err(StorageError::io("locking", &path, e.into())),
+    }
 }
 
 impl Wal {
@@ -198,8 +217,11 @@ impl Wal {
     pub fn open_dir(config: WalConfig) -> Result<Wal> {
         std::fs::create_dir_all(&config.dir)
             .map_err(|e| StorageError::io("creating the log directory", &config.dir, e))?;
+        let dir_lock = lock_dir(&config.dir)?;
         let index = SledIndex::open_or_reset(&config.dir.join("index"), config.index_cache_bytes)?;
-        Wal::open(config, Arc::new(RealFs), Arc::new(index))
+        let mut wal = Wal::open(config, Arc::new(RealFs), Arc::new(index))?;
+        wal._dir_lock = Some(dir_lock);
+        Ok(wal)
     }
 
     /// Opens the log on any file system and index (tests use the simulated ones).
@@ -220,6 +242,7 @@ impl Wal {
         let mut wal = Wal {
             shared,
             threads: Vec::new(),
+            _dir_lock: None,
         };
         wal.spawn("wal-writer", writer::run)?;
         if wal.shared.config.prepare_segments {

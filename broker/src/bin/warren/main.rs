@@ -1,5 +1,7 @@
 //! `warren`: the broker server.
 
+mod local_cluster;
+
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +49,17 @@ struct Args {
     /// Run without the admin plane and metrics.
     #[arg(long)]
     no_admin: bool,
+    #[command(subcommand)]
+    command: Option<Subcommand>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Subcommand {
+    /// Runs a cluster of nodes on this machine (AMQP on 5672, 5673, 5674 by default), each a
+    /// `warren` process with its own data directory; stops them on Ctrl-C.
+    ///
+    /// Example: warren local-cluster --dir cluster-data
+    LocalCluster(local_cluster::LocalCluster),
 }
 
 fn load_config(args: &Args) -> anyhow::Result<Config> {
@@ -92,7 +105,7 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing the SIGTERM handler");
     tokio::select! {
@@ -109,7 +122,11 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some(Subcommand::LocalCluster(cluster)) = args.command {
+        return local_cluster::run(cluster);
+    }
     let config = load_config(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -117,10 +134,17 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let listen = config.amqp.listen;
-        let broker = Broker::open(config)?;
+        let broker = Broker::start(config).await?;
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let local = listener.local_addr()?;
         let mut ready = format!("listening on {local}\n");
+        if let Some(node) = broker.cluster_node() {
+            ready.push_str(&format!(
+                "cluster node {} listening on {}\n",
+                node.id(),
+                node.config().own_address()
+            ));
+        }
         if broker.config.admin.enabled {
             let admin = tokio::net::TcpListener::bind(broker.config.admin.listen).await?;
             let metrics = tokio::net::TcpListener::bind(broker.config.admin.metrics_listen).await?;

@@ -1,0 +1,363 @@
+//! A cluster node: the raft groups it hosts on its shared write-ahead log, the connections to
+//! its peers, and proposals that reach a group's leader wherever it is.
+//!
+//! - [`ClusterConfig`]: this node's id, every member's raft address, raft timings.
+//! - [`Node::start_group`]: opens (or resumes) a group's log and state machine, registers it
+//!   for the raft RPCs, and bootstraps its membership when this node is the group's designated
+//!   bootstrapper and the group has never been initialized.
+//! - [`Node::propose`]: a command to a group, applied by its leader: locally when this node
+//!   leads, otherwise forwarded to the leader over the `Propose` RPC. Retries while the group
+//!   has no leader, until a deadline.
+//! - [`Node::wait_applied`]: waits until this node's replica applied a given entry, so that a
+//!   client who saw a declaration confirmed on this node sees it here too.
+
+use crate::log_store::WalLogStore;
+use crate::network::{GroupNetwork, Groups, Peers};
+use crate::state_machine::{GroupStateMachine, ReplicatedState};
+use crate::types::{Command, GroupId, NodeId, TypeConfig};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Raft};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::Request;
+use warren_proto::raft::raft_client::RaftClient;
+use warren_proto::raft::ProposeRequest;
+use warren_storage::Wal;
+
+/// The cluster section of a node's configuration.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's id (unique in the cluster, 1 or more).
+    pub node_id: NodeId,
+    /// Every member: id → `host:port` of its raft (cluster) listener. Includes this node.
+    pub members: BTreeMap<NodeId, String>,
+    /// Leader heartbeat interval, in milliseconds. Idle groups cost a heartbeat each per
+    /// interval per follower (500 idle groups × 3 members: ~10% of a core per node at 500 ms).
+    pub heartbeat_ms: u64,
+    /// A follower that heard no heartbeat for a random time in this range starts an election.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> ClusterConfig {
+        ClusterConfig {
+            node_id: 1,
+            members: BTreeMap::new(),
+            heartbeat_ms: 500,
+            election_timeout_min_ms: 1500,
+            election_timeout_max_ms: 3000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.node_id == 0 {
+            return Err("cluster.node_id must be 1 or more".into());
+        }
+        if !self.members.contains_key(&self.node_id) {
+            return Err(format!(
+                "cluster.members must list this node (id {})",
+                self.node_id
+            ));
+        }
+        if self.heartbeat_ms == 0 || self.election_timeout_min_ms <= self.heartbeat_ms {
+            return Err("cluster: the election timeout must exceed the heartbeat interval".into());
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return Err(
+                "cluster.election_timeout_max_ms must exceed election_timeout_min_ms".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// This node's raft address.
+    pub fn own_address(&self) -> &str {
+        self.members
+            .get(&self.node_id)
+            .map(String::as_str)
+            .unwrap_or_default()
+    }
+}
+
+/// Why a proposal did not apply.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    #[error("no raft group {0:?} on this node")]
+    NoGroup(GroupId),
+    #[error("raft group {group:?} has no reachable leader after {waited:?}: {last}")]
+    Unavailable {
+        group: GroupId,
+        waited: Duration,
+        last: String,
+    },
+    #[error("raft group {0:?} stopped: {1}")]
+    Stopped(GroupId, String),
+}
+
+/// A command applied by a group's leader.
+#[derive(Debug, Clone)]
+pub struct Proposed {
+    /// The state machine's reply.
+    pub reply: Vec<u8>,
+    /// The entry's log index (wait for it with [`Node::wait_applied`]).
+    pub index: u64,
+}
+
+/// One node of the cluster.
+#[derive(Debug, Clone)]
+pub struct Node {
+    config: Arc<ClusterConfig>,
+    raft_config: Arc<openraft::Config>,
+    wal: Arc<Wal>,
+    peers: Peers,
+    groups: Groups,
+}
+
+/// What one attempt at a proposal learned.
+enum Attempt {
+    Done(Proposed),
+    /// Try again, preferably at this leader.
+    Retry(Option<NodeId>, String),
+}
+
+impl Node {
+    pub fn new(config: ClusterConfig, wal: Arc<Wal>) -> Result<Node, String> {
+        config.validate()?;
+        let raft_config = openraft::Config {
+            cluster_name: "warren".into(),
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_timeout_min_ms,
+            election_timeout_max: config.election_timeout_max_ms,
+            // Snapshots replace the entries they cover; keep a margin for slow followers.
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(4096),
+            max_in_snapshot_log_to_keep: 1024,
+            ..openraft::Config::default()
+        }
+        .validate()
+        .map_err(|e| e.to_string())?;
+        Ok(Node {
+            config: Arc::new(config),
+            raft_config: Arc::new(raft_config),
+            wal,
+            peers: Peers::default(),
+            groups: Groups::default(),
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    pub fn groups(&self) -> &Groups {
+        &self.groups
+    }
+
+    /// The members as openraft wants them.
+    pub fn member_nodes(&self, ids: &[NodeId]) -> BTreeMap<NodeId, BasicNode> {
+        ids.iter()
+            .filter_map(|id| {
+                self.config
+                    .members
+                    .get(id)
+                    .map(|addr| (*id, BasicNode::new(addr)))
+            })
+            .collect()
+    }
+
+    /// Opens (or resumes) a group with `state` and registers it. When the group has never been
+    /// initialized and this node is `replicas`' first (lowest id), it proposes the initial
+    /// membership; the others wait to hear from it.
+    pub async fn start_group<S: ReplicatedState>(
+        &self,
+        group: GroupId,
+        replicas: &[NodeId],
+        state: S,
+    ) -> Result<Raft<TypeConfig>, String> {
+        let log = WalLogStore::open(Arc::clone(&self.wal), group).map_err(|e| e.to_string())?;
+        let sm = GroupStateMachine::open(Arc::clone(&self.wal), group, state)
+            .await
+            .map_err(|e| e.to_string())?;
+        let network = GroupNetwork::new(group, self.peers.clone());
+        let raft = Raft::new(self.id(), Arc::clone(&self.raft_config), network, log, sm)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.groups.insert(group, raft.clone());
+        let bootstrapper = replicas.iter().min().copied();
+        if bootstrapper == Some(self.id())
+            && !raft.is_initialized().await.map_err(|e| e.to_string())?
+        {
+            let members = self.member_nodes(replicas);
+            if let Err(error) = raft.initialize(members).await {
+                // Another start raced us (harmless): the group is initialized either way.
+                tracing::debug!(?group, %error, "initialize");
+            }
+        }
+        Ok(raft)
+    }
+
+    /// Stops a group (its queue was deleted) and forgets it.
+    pub async fn stop_group(&self, group: GroupId) {
+        if let Some(raft) = self.groups.remove(group) {
+            if let Err(error) = raft.shutdown().await {
+                tracing::warn!(?group, ?error, "raft group shut down uncleanly");
+            }
+        }
+    }
+
+    /// Proposes `command` to `group` and returns the leader's reply once applied there.
+    ///
+    /// A proposal whose leader changed mid-flight may be applied and then retried: state
+    /// machines make commands idempotent where a repeat would matter.
+    pub async fn propose(
+        &self,
+        group: GroupId,
+        command: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<Proposed, ProposeError> {
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(20);
+        let mut hint: Option<NodeId> = None;
+        loop {
+            let raft = self.groups.get(group).ok_or(ProposeError::NoGroup(group))?;
+            let leader = hint.or_else(|| raft.metrics().borrow().current_leader);
+            let last = match leader {
+                Some(leader) if leader == self.id() => {
+                    match self.propose_here(&raft, group, command.clone()).await? {
+                        Attempt::Done(done) => return Ok(done),
+                        Attempt::Retry(next, why) => {
+                            hint = next.filter(|n| *n != self.id());
+                            why
+                        }
+                    }
+                }
+                Some(leader) => match self.forward(group, leader, command.clone()).await {
+                    Attempt::Done(done) => return Ok(done),
+                    Attempt::Retry(next, why) => {
+                        hint = next.filter(|n| *n != leader);
+                        why
+                    }
+                },
+                None => "no leader known".to_string(),
+            };
+            let waited = started.elapsed();
+            if waited >= deadline {
+                return Err(ProposeError::Unavailable {
+                    group,
+                    waited,
+                    last,
+                });
+            }
+            if hint.is_none() {
+                // Wait for news of a leader (or the pause, whichever is first).
+                let mut metrics = raft.metrics();
+                let _ = tokio::time::timeout(pause, metrics.changed()).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
+
+    async fn propose_here(
+        &self,
+        raft: &Raft<TypeConfig>,
+        group: GroupId,
+        command: Vec<u8>,
+    ) -> Result<Attempt, ProposeError> {
+        match raft.client_write(Command(command)).await {
+            Ok(response) => Ok(Attempt::Done(Proposed {
+                reply: response.data.0,
+                index: response.log_id.index,
+            })),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Ok(Attempt::Retry(f.leader_id, "leadership moved".into()))
+            }
+            Err(RaftError::APIError(e)) => Ok(Attempt::Retry(None, e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(ProposeError::Stopped(group, e.to_string())),
+        }
+    }
+
+    /// Sends a proposal to the node believed to lead the group.
+    async fn forward(&self, group: GroupId, leader: NodeId, command: Vec<u8>) -> Attempt {
+        let Some(addr) = self.config.members.get(&leader) else {
+            return Attempt::Retry(None, format!("leader {leader} is not a configured member"));
+        };
+        let channel = match self.peers.channel(addr) {
+            Ok(c) => c,
+            Err(e) => return Attempt::Retry(None, e.to_string()),
+        };
+        let mut request = Request::new(ProposeRequest {
+            group: group.0,
+            command,
+        });
+        request.set_timeout(Duration::from_secs(10));
+        match RaftClient::new(channel)
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024)
+            .propose(request)
+            .await
+        {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                if reply.applied {
+                    Attempt::Done(Proposed {
+                        reply: reply.reply,
+                        index: reply.index,
+                    })
+                } else {
+                    let next = (reply.leader != 0).then_some(reply.leader);
+                    Attempt::Retry(next, format!("node {leader} does not lead the group"))
+                }
+            }
+            Err(status) => Attempt::Retry(None, format!("node {leader}: {}", status.message())),
+        }
+    }
+
+    /// Waits until this node's replica of `group` applied entry `index`.
+    pub async fn wait_applied(
+        &self,
+        group: GroupId,
+        index: u64,
+        timeout: Duration,
+    ) -> Result<(), ProposeError> {
+        let raft = self.groups.get(group).ok_or(ProposeError::NoGroup(group))?;
+        raft.wait(Some(timeout))
+            .applied_index_at_least(Some(index), "applied here")
+            .await
+            .map(|_| ())
+            .map_err(|e| ProposeError::Unavailable {
+                group,
+                waited: timeout,
+                last: e.to_string(),
+            })
+    }
+
+    /// Whether this node currently leads `group`.
+    pub fn is_leader(&self, group: GroupId) -> bool {
+        self.leader(group) == Some(self.id())
+    }
+
+    /// The leader this node knows of for `group`.
+    pub fn leader(&self, group: GroupId) -> Option<NodeId> {
+        self.groups
+            .get(group)
+            .and_then(|raft| raft.metrics().borrow().current_leader)
+    }
+
+    /// Stops every group (the node is shutting down).
+    pub async fn shutdown(&self) {
+        for (group, raft) in self.groups.drain() {
+            if let Err(error) = raft.shutdown().await {
+                tracing::warn!(?group, ?error, "raft group shut down uncleanly");
+            }
+        }
+    }
+}

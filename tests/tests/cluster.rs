@@ -1,0 +1,346 @@
+//! Three real `warren` processes on loopback as a cluster.
+//!
+//! - Metadata: what one node declares every node sees once confirmed; a delete on another node
+//!   reaches everyone; a full restart keeps it all.
+//! - `warren local-cluster`: the one-command local cluster starts, serves AMQP on each node,
+//!   and stops cleanly on SIGTERM.
+
+use futures_lite::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use warren_proto::admin::{PermissionInfo, PutUserRequest, VhostRef};
+use warren_tests::cluster::Cluster;
+use warren_tests::Warren;
+
+async fn connect(node: &Warren) -> Connection {
+    Connection::connect(&node.url(), ConnectionProperties::default())
+        .await
+        .expect("connect")
+}
+
+async fn channel(node: &Warren) -> (Connection, Channel) {
+    let connection = connect(node).await;
+    let channel = connection.create_channel().await.expect("channel");
+    (connection, channel)
+}
+
+fn reply_code(error: &lapin::Error) -> Option<u16> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(e) => Some(e.get_id()),
+        _ => None,
+    }
+}
+
+async fn exchange_exists(node: &Warren, name: &str) -> bool {
+    let (_c, ch) = channel(node).await;
+    match ch
+        .exchange_declare(
+            name.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+    {
+        Ok(()) => true,
+        Err(e) if reply_code(&e) == Some(404) => false,
+        Err(e) => panic!("passive declare of '{name}': {e}"),
+    }
+}
+
+/// A classic queue on `node` bound to `exchange`, and one message published through `via`
+/// (another node's view of the exchange) routed into it.
+async fn route_through(node: &Warren, exchange: &str, key: &str) -> Vec<u8> {
+    let (_c, ch) = channel(node).await;
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue");
+    ch.queue_bind(
+        q.name().clone(),
+        "audit".into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind to audit");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    ch.basic_publish(
+        exchange.into(),
+        key.into(),
+        BasicPublishOptions::default(),
+        b"through the cluster's exchanges",
+        BasicProperties::default(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirm");
+    let mut consumer = ch
+        .basic_consume(
+            q.name().clone(),
+            "c".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("a delivery in time")
+        .expect("a delivery")
+        .expect("no error");
+    delivery.data
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_made_on_one_node_are_seen_on_every_node_and_survive_restarts() {
+    let mut cluster = Cluster::start(3);
+
+    // Declared on node 3: an exchange, an exchange-to-exchange binding.
+    {
+        let (_c, ch) = channel(cluster.node(3)).await;
+        for (name, kind) in [
+            ("orders", ExchangeKind::Topic),
+            ("audit", ExchangeKind::Fanout),
+        ] {
+            ch.exchange_declare(
+                name.into(),
+                kind,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare on node 3");
+        }
+        ch.exchange_bind(
+            "audit".into(),
+            "orders".into(),
+            "#".into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("exchange binding on node 3");
+        // Inequivalent redeclaration is refused the same way on a cluster.
+        let refused = ch
+            .exchange_declare(
+                "orders".into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect_err("inequivalent type");
+        assert_eq!(reply_code(&refused), Some(406));
+    }
+
+    // Used on node 1: the exchanges exist and route as declared.
+    for id in 1..=3 {
+        assert!(
+            exchange_exists(cluster.node(id), "orders").await,
+            "node {id}"
+        );
+    }
+    assert_eq!(
+        route_through(cluster.node(1), "orders", "a.b").await,
+        b"through the cluster's exchanges"
+    );
+
+    // A vhost, a user and permissions added through node 2's admin plane: the user connects
+    // to node 3.
+    {
+        let mut admin = warren_tests::admin::guest(&cluster.node(2).admin_url()).await;
+        admin
+            .add_vhost(VhostRef {
+                name: "shop".into(),
+            })
+            .await
+            .expect("add vhost");
+        admin
+            .put_user(PutUserRequest {
+                name: "alice".into(),
+                password: "secret".into(),
+                tags: vec![],
+                ..Default::default()
+            })
+            .await
+            .expect("put user");
+        admin
+            .set_permissions(PermissionInfo {
+                user: "alice".into(),
+                vhost: "shop".into(),
+                configure: ".*".into(),
+                write: ".*".into(),
+                read: ".*".into(),
+            })
+            .await
+            .expect("permissions");
+        let url = format!("amqp://alice:secret@{}/shop", cluster.node(3).addr);
+        let alice = Connection::connect(&url, ConnectionProperties::default())
+            .await
+            .expect("alice connects to node 3");
+        alice.close(200, "bye".into()).await.expect("close");
+    }
+
+    // Deleted on node 2: gone everywhere.
+    {
+        let (_c, ch) = channel(cluster.node(2)).await;
+        ch.exchange_delete("orders".into(), ExchangeDeleteOptions::default())
+            .await
+            .expect("delete on node 2");
+    }
+    for id in 1..=3 {
+        assert!(
+            !exchange_exists(cluster.node(id), "orders").await,
+            "node {id} still has the deleted exchange"
+        );
+    }
+
+    // All three restarted: the definitions are intact.
+    cluster.restart_all();
+    for id in 1..=3 {
+        assert!(
+            exchange_exists(cluster.node(id), "audit").await,
+            "node {id}"
+        );
+        assert!(
+            !exchange_exists(cluster.node(id), "orders").await,
+            "node {id}"
+        );
+    }
+    let url = format!("amqp://alice:secret@{}/shop", cluster.node(1).addr);
+    let alice = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| panic!("alice after the restart: {e}\n{}", cluster.logs()));
+    alice.close(200, "bye".into()).await.expect("close");
+}
+
+/// A base port whose derived ports (`+0..n`, `+10008`, `+10018`, `+20000`) are all free.
+fn free_base_port(nodes: u16) -> u16 {
+    let mut seed = std::process::id() as u16;
+    for _ in 0..200 {
+        seed = seed.wrapping_mul(31).wrapping_add(17);
+        let base = 20_000 + seed % 20_000;
+        let all_free = (0..nodes).all(|i| {
+            [0u16, 10_008, 10_018, 20_000].iter().all(|offset| {
+                base.checked_add(i + offset)
+                    .is_some_and(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+            })
+        });
+        if all_free && base < 45_000 {
+            return base;
+        }
+    }
+    panic!("no free port range found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_cluster_command_starts_three_nodes_and_stops_them_cleanly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let base = free_base_port(3);
+    let mut child = Command::new(warren_tests::warren_binary())
+        .args(["local-cluster", "--dir"])
+        .arg(dir.path())
+        .args(["--base-port", &base.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("warren local-cluster");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("a line");
+        let done = line.starts_with("cluster of 3 nodes ready");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        4,
+        "three node lines and the ready line: {seen:?}"
+    );
+    for (i, line) in seen.iter().take(3).enumerate() {
+        let amqp = base + i as u16;
+        assert!(
+            line.starts_with(&format!("node {}: listening on 127.0.0.1:{amqp}", i + 1)),
+            "{line}"
+        );
+    }
+    // Each node serves AMQP, and a declaration on one is seen on another.
+    let url = |port: u16| format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let one = Connection::connect(&url(base), ConnectionProperties::default())
+        .await
+        .expect("node 1");
+    let ch = one.create_channel().await.expect("channel");
+    ch.exchange_declare(
+        "local-cluster-x".into(),
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare on node 1");
+    let three = Connection::connect(&url(base + 2), ConnectionProperties::default())
+        .await
+        .expect("node 3");
+    let ch3 = three.create_channel().await.expect("channel");
+    ch3.exchange_declare(
+        "local-cluster-x".into(),
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("seen on node 3");
+    drop((ch, ch3, one, three));
+
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    let stopped: Vec<String> = lines.map_while(|l| l.ok()).collect();
+    let status = child.wait().expect("exit");
+    assert!(status.success(), "local-cluster exited with {status}");
+    for i in 1..=3 {
+        assert!(
+            stopped.contains(&format!("node {i} stopped (exit status: 0)")),
+            "node {i} did not stop cleanly: {stopped:?}"
+        );
+    }
+    for i in 1..=3 {
+        assert!(dir.path().join(format!("node-{i}/warren.toml")).exists());
+    }
+}
