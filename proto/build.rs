@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/warren/admin/v1/admin.proto",
         "proto/warren/raft/v1/raft.proto",
+        "proto/warren/queues/v1/queues.proto",
     ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("warren_descriptor.bin"))

@@ -12,6 +12,7 @@
 //! - [`message`]: messages and their log records; [`delivery`]: queue → connection events.
 //! - [`definitions`]: durable definitions in the log's key-value namespace.
 //! - [`replication`]: cluster metadata through the metadata raft group.
+//! - [`quorum`]: quorum queues, replicated by their own raft groups.
 //! - [`auth`]: users, password hashes, permissions.
 //! - [`admin`]: the gRPC admin plane (the control bus); [`metrics`]: Prometheus `/metrics`;
 //!   [`statistics`]: counters and rates.
@@ -33,6 +34,7 @@ pub mod exchange;
 pub mod message;
 pub mod metrics;
 pub mod queue;
+pub mod quorum;
 pub mod refusal;
 pub mod replication;
 pub mod server;

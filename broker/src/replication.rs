@@ -100,6 +100,12 @@ pub enum MetaOp {
         source: String,
         destination: Destination,
     },
+    DeclareQuorumQueue(crate::quorum::QuorumDecl),
+    /// Unconditional: `if-unused` and `if-empty` are checked by the proposing node.
+    DeleteQuorumQueue {
+        vhost: String,
+        name: String,
+    },
 }
 
 /// What an applied op answers.
@@ -123,7 +129,8 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
         .map_err(|e| e.to_string())
 }
 
-fn code_of(code: u16) -> ReplyCode {
+/// The reply code with this number (541 INTERNAL_ERROR for one not refused by operations).
+pub fn reply_code(code: u16) -> ReplyCode {
     use ReplyCode::*;
     [
         NotFound,
@@ -151,6 +158,8 @@ pub struct Replicated {
     pub exchanges: BTreeMap<(String, String), MetaOpExchange>,
     pub bindings: BTreeSet<(String, Binding)>,
     pub detours: BTreeSet<(String, Detour)>,
+    /// `(vhost, name)` → the quorum queue.
+    pub quorum_queues: BTreeMap<(String, String), crate::quorum::QuorumDecl>,
 }
 
 /// An exchange's declaration as replicated.
@@ -237,7 +246,7 @@ impl Broker {
             .await
             .map_err(unavailable)?;
         let reply: MetaReply = decode(&proposed.reply).map_err(Refusal::internal)?;
-        reply.map_err(|(code, text)| Refusal::new(code_of(code), text))
+        reply.map_err(|(code, text)| Refusal::new(reply_code(code), text))
     }
 
     /// On a clustered node, applies everything the metadata group committed so far (one
@@ -323,6 +332,13 @@ impl Broker {
                 .stop_detour(&vhost, &source, &destination)
                 .await
                 .map(|_| MetaOk::Done),
+            MetaOp::DeclareQuorumQueue(decl) => {
+                self.declare_quorum_here(decl).await.map(|_| MetaOk::Done)
+            }
+            MetaOp::DeleteQuorumQueue { vhost, name } => self
+                .delete_quorum_here(&vhost, &name)
+                .await
+                .map(|_| MetaOk::Done),
         }
     }
 
@@ -336,6 +352,17 @@ impl Broker {
             out.permissions
                 .insert((p.vhost.clone(), p.user.clone()), p.clone());
         }
+        let quorum = self.quorum_queues();
+        for q in &quorum {
+            out.quorum_queues
+                .insert((q.decl.vhost.clone(), q.decl.name.clone()), q.decl.clone());
+        }
+        let replicated_destination = |vhost: &str, d: &Destination| match d {
+            Destination::Exchange(_) => true,
+            Destination::Queue(q) => quorum
+                .iter()
+                .any(|x| x.decl.vhost == vhost && x.decl.name == *q),
+        };
         for name in self.vhost_names() {
             let Some(vhost) = self.vhost(&name) else {
                 continue;
@@ -357,7 +384,7 @@ impl Broker {
                     );
                 }
                 for b in x.bindings() {
-                    if matches!(b.destination, Destination::Exchange(_)) {
+                    if replicated_destination(&name, &b.destination) {
                         out.bindings.insert((name.clone(), b.clone()));
                     }
                 }
@@ -385,6 +412,13 @@ impl Broker {
                 .await
             {
                 log("binding", r);
+            }
+        }
+        for (key, q) in &current.quorum_queues {
+            if target.quorum_queues.get(key) != Some(q) {
+                if let Err(r) = self.delete_quorum_here(&key.0, &key.1).await {
+                    log("quorum queue", r);
+                }
             }
         }
         for ((vhost, name), x) in &current.exchanges {
@@ -446,6 +480,13 @@ impl Broker {
                 log("exchange", r);
             }
         }
+        for (key, q) in target.quorum_queues {
+            if current.quorum_queues.get(&key) != Some(&q) {
+                if let Err(r) = self.declare_quorum_here(q).await {
+                    log("quorum queue", r);
+                }
+            }
+        }
         for (vhost, b) in target.bindings {
             if let Err(r) = self.bind(&vhost, crate::delivery::ConnId(0), b).await {
                 log("binding", r);
@@ -460,18 +501,23 @@ impl Broker {
 }
 
 /// Starts serving the raft RPCs on this node's cluster address (from the members list).
-pub async fn serve_node(node: &Node) -> Result<(), crate::error::BrokerError> {
+pub async fn serve_node(
+    broker: &Arc<Broker>,
+    node: &Node,
+) -> Result<(), crate::error::BrokerError> {
     let addr = node.config().own_address().to_string();
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .map_err(|e| crate::error::BrokerError::Cluster(format!("binding {addr}: {e}")))?;
     let groups = node.groups().clone();
+    let queues = crate::quorum::forward::QueuesService::server(broker);
     tracing::info!(node = node.id(), %addr, "cluster listener up");
     tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let served = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(warren_cluster::network::RaftService::new(groups))
+            .add_service(queues)
             .serve_with_incoming(incoming)
             .await;
         if let Err(error) = served {

@@ -280,3 +280,13 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
         Ok(())
     }
 }
+
+/// Drops a group's log and its state (vote, committed and purged ids, snapshot) from the
+/// shared log: the group was deleted. Its group must be stopped first.
+pub fn destroy(wal: &Wal, group: GroupId) -> Result<(), warren_storage::StorageError> {
+    wal.delete_range(StreamId(group.0), 0, u64::MAX)?;
+    for what in ["vote", "committed", "purged", "snapshot"] {
+        wal.kv_delete(&key(group, what))?;
+    }
+    Ok(())
+}

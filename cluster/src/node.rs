@@ -321,6 +321,17 @@ impl Node {
         }
     }
 
+    /// The (shared, lazily connected) connection to member `id`, for other services on the
+    /// cluster listener.
+    pub fn channel_to(&self, id: NodeId) -> Result<tonic::transport::Channel, String> {
+        let addr = self
+            .config
+            .members
+            .get(&id)
+            .ok_or_else(|| format!("node {id} is not a member"))?;
+        self.peers.channel(addr).map_err(|e| e.to_string())
+    }
+
     /// Waits until this node's replica of `group` applied entry `index`.
     pub async fn wait_applied(
         &self,

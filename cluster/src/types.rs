@@ -38,3 +38,6 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
 /// A raft group's id on this node: the log stream its entries live in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct GroupId(pub u64);
+
+/// One raft group's handle.
+pub type GroupRaft = openraft::Raft<TypeConfig>;

@@ -7,6 +7,8 @@
 //!
 //! - [`raft`]: `warren.raft.v1.Raft`, raft RPCs between nodes (payloads encoded by the cluster
 //!   crate).
+//! - [`queues`]: `warren.queues.v1.Queues`, quorum queue publishes, consumers and gets
+//!   forwarded to the node leading the queue.
 //!
 //! This crate depends on nothing of ours
 //! (`../shared/DESIGN.md` §2).
@@ -21,6 +23,12 @@ pub mod admin {
 pub mod raft {
     #![allow(missing_debug_implementations, clippy::all)]
     tonic::include_proto!("warren.raft.v1");
+}
+
+/// `warren.queues.v1`: quorum queue operations forwarded to the node leading the queue.
+pub mod queues {
+    #![allow(missing_debug_implementations, clippy::all)]
+    tonic::include_proto!("warren.queues.v1");
 }
 
 /// Message bodies in JSON output: UTF-8 text (invalid sequences replaced).

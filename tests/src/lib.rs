@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod cluster;
+pub mod oracle;
 pub mod raw;
 
 use std::io::{BufRead, BufReader};

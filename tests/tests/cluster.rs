@@ -344,3 +344,179 @@ async fn local_cluster_command_starts_three_nodes_and_stops_them_cleanly() {
         assert!(dir.path().join(format!("node-{i}/warren.toml")).exists());
     }
 }
+
+/// The node leading quorum queue `name`, as node `via`'s admin plane reports it.
+async fn leader_of(cluster: &Cluster, via: usize, name: &str) -> Option<usize> {
+    let mut admin = warren_tests::admin::guest(&cluster.node(via).admin_url()).await;
+    let list = admin
+        .list_queues(warren_proto::admin::ListRequest { vhost: "/".into() })
+        .await
+        .ok()?
+        .into_inner();
+    let q = list.queues.into_iter().find(|q| q.name == name)?;
+    q.leader
+        .strip_prefix("node ")?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+async fn wait_for_leader(cluster: &Cluster, via: usize, name: &str) -> usize {
+    for _ in 0..200 {
+        if let Some(leader) = leader_of(cluster, via, name).await {
+            return leader;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no leader for '{name}'\n{}", cluster.logs());
+}
+
+async fn declare_quorum(node: &Warren, name: &str) {
+    let (_c, ch) = channel(node).await;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .expect("declare quorum queue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quorum_queue_loses_nothing_confirmed_when_its_leader_is_killed() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use warren_tests::oracle::{self, Oracle};
+
+    let mut cluster = Cluster::start(3);
+    declare_quorum(cluster.node(1), "orders").await;
+    let leader = wait_for_leader(&cluster, 2, "orders").await;
+    let url = |cluster: &Cluster, id: usize| cluster.node(id).url();
+    // Publishers go through node 1 first, the consumer through node 2, each moving on to the
+    // next node when theirs dies.
+    let publish_urls: Vec<String> = [1, 2, 3].iter().map(|i| url(&cluster, *i)).collect();
+    let consume_urls: Vec<String> = [2, 3, 1].iter().map(|i| url(&cluster, *i)).collect();
+    let oracle = Oracle::default();
+    let stop_consumer = Arc::new(AtomicBool::new(false));
+    let stop_publisher = Arc::new(AtomicBool::new(false));
+    let consumer = tokio::spawn(oracle::consume(
+        oracle.clone(),
+        consume_urls.clone(),
+        "orders".into(),
+        Arc::clone(&stop_consumer),
+    ));
+    let publisher = tokio::spawn(oracle::publish(
+        oracle.clone(),
+        publish_urls.clone(),
+        "orders".into(),
+        0..6000,
+        64,
+        Arc::clone(&stop_publisher),
+    ));
+
+    // Mid-stream, the queue's leader dies.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while oracle.confirmed_count() < 1500 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publishing stalled before the kill: {}\n{}",
+            oracle.report(),
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let confirmed_before = oracle.confirmed_count();
+    cluster.node_mut(leader).kill();
+
+    // Publishing resumes through a surviving node and finishes.
+    tokio::time::timeout(Duration::from_secs(90), publisher)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "publishing did not finish: {}\n{}",
+                oracle.report(),
+                cluster.logs()
+            )
+        })
+        .expect("publisher task");
+    assert!(
+        oracle.confirmed_count() > confirmed_before + 1000,
+        "publishing resumed after the kill: {}",
+        oracle.report()
+    );
+    // Everything confirmed reaches the consumer.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !oracle.all_confirmed_received() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "confirmed messages missing: {}\n{}",
+            oracle.report(),
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_consumer.store(true, Ordering::Relaxed);
+    consumer.await.expect("consumer task");
+    let report = oracle.report();
+    println!("leader kill: {report}");
+    assert!(report.lost.is_empty(), "lost: {report}");
+    assert!(report.unexpected.is_empty(), "unexpected: {report}");
+    assert!(
+        report.unmarked_repeats.is_empty(),
+        "repeats without redelivered: {report}"
+    );
+
+    // The killed node comes back and catches up: with another node then stopped, it is half
+    // of the majority that must serve everything published while it was away.
+    let backlog = Oracle::default();
+    tokio::spawn(oracle::publish(
+        backlog.clone(),
+        publish_urls.clone(),
+        "orders".into(),
+        100_000..100_300,
+        64,
+        Arc::new(AtomicBool::new(false)),
+    ))
+    .await
+    .expect("backlog publisher");
+    assert_eq!(backlog.confirmed_count(), 300, "{}", backlog.report());
+    cluster.start_nodes(&[leader]);
+    let other = (1..=3)
+        .find(|i| *i != leader && cluster.node(*i).is_running())
+        .expect("a survivor");
+    cluster.node_mut(other).kill();
+    let through: Vec<String> = vec![cluster.node(leader).url()];
+    let stop = Arc::new(AtomicBool::new(false));
+    let drain = tokio::spawn(oracle::consume(
+        backlog.clone(),
+        through,
+        "orders".into(),
+        Arc::clone(&stop),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !backlog.all_confirmed_received() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the restarted node did not serve the backlog: {}\n{}",
+            backlog.report(),
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    drain.await.expect("drain");
+    let report = backlog.report();
+    assert!(
+        report.lost.is_empty() && report.unexpected.is_empty(),
+        "{report}"
+    );
+}

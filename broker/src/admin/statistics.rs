@@ -133,11 +133,32 @@ pub fn list_queues(broker: &Broker, filter: &str) -> proto::QueueList {
             deliver_rate: c.deliver_rate.per_second(),
             disk_bytes,
             paused,
-            leader: broker.config.node_name.clone(),
-            replicas: vec![broker.config.node_name.clone()],
+            leader: placement(broker, &q).0,
+            replicas: placement(broker, &q).1,
         });
     }
     proto::QueueList { queues: out }
+}
+
+/// A queue's leader and replicas: this node for a classic queue; for a quorum queue, the
+/// members of its raft group as `node ID (ADDRESS)`, the leader empty while there is none.
+fn placement(broker: &Broker, q: &crate::queue::QueueHandle) -> (String, Vec<String>) {
+    let me = broker.config.node_name.clone();
+    let (Some(node), Some(quorum)) = (
+        broker.cluster_node(),
+        broker.quorum_queue(&q.decl.vhost, q.name()),
+    ) else {
+        return (me.clone(), vec![me]);
+    };
+    let name = |id: u64| {
+        let addr = node.config().members.get(&id).cloned().unwrap_or_default();
+        format!("node {id} ({addr})")
+    };
+    let leader = node.leader(quorum.group()).map(name).unwrap_or_default();
+    (
+        leader,
+        quorum.decl.replicas.iter().map(|id| name(*id)).collect(),
+    )
 }
 
 pub fn list_exchanges(broker: &Broker, filter: &str) -> proto::ExchangeList {

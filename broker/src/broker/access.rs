@@ -73,6 +73,10 @@ impl Broker {
         }
         let queues: Vec<_> = vhost.read().queues.values().cloned().collect();
         for q in queues {
+            if self.is_quorum(&vhost, &q) {
+                self.delete_quorum_here(name, q.name()).await?;
+                continue;
+            }
             let _ = q
                 .ask(|reply| crate::queue::QueueCommand::Delete {
                     if_unused: false,

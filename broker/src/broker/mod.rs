@@ -99,6 +99,8 @@ pub struct Broker {
     pub totals: crate::statistics::GlobalCounters,
     /// The cluster node, on a clustered broker (set once at start).
     cluster: std::sync::OnceLock<warren_cluster::node::Node>,
+    /// This node's part of each quorum queue.
+    quorum: Mutex<Vec<Arc<crate::quorum::QuorumQueue>>>,
 }
 
 mod access;
@@ -134,7 +136,7 @@ impl Broker {
         let (broker, loaded) = Broker::open_log(config)?;
         let node = warren_cluster::node::Node::new(cluster, Arc::clone(&broker.wal))
             .map_err(|e| BrokerError::Config(crate::config::ConfigError(e)))?;
-        crate::replication::serve_node(&node).await?;
+        crate::replication::serve_node(&broker, &node).await?;
         let _ = broker.cluster.set(node.clone());
         let members: Vec<u64> = node.config().members.keys().copied().collect();
         node.start_group(
@@ -148,6 +150,30 @@ impl Broker {
         tokio::spawn(crate::statistics::sample_forever(Arc::downgrade(&broker)));
         broker.ensure_cluster_access().await;
         Ok(broker)
+    }
+
+    pub fn quorum_queues(&self) -> Vec<Arc<crate::quorum::QuorumQueue>> {
+        lock(&self.quorum).clone()
+    }
+
+    pub(crate) fn register_quorum(&self, q: Arc<crate::quorum::QuorumQueue>) {
+        lock(&self.quorum).push(q);
+    }
+
+    pub(crate) fn unregister_quorum(
+        &self,
+        vhost: &str,
+        name: &str,
+    ) -> Option<Arc<crate::quorum::QuorumQueue>> {
+        let mut all = lock(&self.quorum);
+        let at = all
+            .iter()
+            .position(|q| q.decl.vhost == vhost && q.decl.name == name)?;
+        Some(all.remove(at))
+    }
+
+    pub(crate) fn next_queue_id(&self) -> u64 {
+        self.next_queue_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The cluster node, when clustered.
@@ -187,6 +213,7 @@ impl Broker {
             disk_blocked: AtomicBool::new(false),
             totals: Default::default(),
             cluster: std::sync::OnceLock::new(),
+            quorum: Mutex::new(Vec::new()),
         });
         Ok((broker, loaded))
     }

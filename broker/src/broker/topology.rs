@@ -176,6 +176,15 @@ impl Broker {
     }
 
     /// Removes every binding to `destination`, then auto-delete exchanges left unused.
+    pub(crate) fn remove_bindings_to_public(
+        &self,
+        state: &mut crate::vhost::VhostState,
+        vhost_name: &str,
+        destination: &Destination,
+    ) -> Result<(), Refusal> {
+        Ok(self.remove_bindings_to(state, vhost_name, destination)?)
+    }
+
     fn remove_bindings_to(
         &self,
         state: &mut crate::vhost::VhostState,
@@ -230,6 +239,17 @@ impl Broker {
         let vhost = self.vhost_or_refuse(vhost_name)?;
         if d.name.is_empty() && !d.passive {
             d.name = server_named();
+        }
+        if let Some(node) = self.proposer() {
+            if vhost.queue(&d.name).is_none() {
+                if d.passive {
+                    self.catch_up().await;
+                } else if QueueArgs::parse(&d.arguments)
+                    .is_ok_and(|a| a.queue_type == QueueType::Quorum)
+                {
+                    self.propose_quorum_queue(node, &vhost, &d).await?;
+                }
+            }
         }
         let mut ddl = self.ddl.lock().await;
         if let Some(existing) = vhost.queue(&d.name) {
@@ -289,31 +309,8 @@ impl Broker {
                 d.name
             ))
         })?;
-        if args.queue_type == QueueType::Quorum && self.cluster_node().is_some() {
-            return Err(Refusal::new(
-                ReplyCode::NotImplemented,
-                format!(
-                    "quorum queues are not yet replicated on a clustered node (queue '{}' in vhost '{vhost_name}')",
-                    d.name
-                ),
-            ));
-        }
         if args.queue_type == QueueType::Quorum {
-            let bad = if !d.durable {
-                Some("non-durable")
-            } else if d.exclusive {
-                Some("exclusive-owner")
-            } else if d.auto_delete {
-                Some("auto-delete")
-            } else {
-                None
-            };
-            if let Some(property) = bad {
-                return Err(Refusal::precondition(format!(
-                    "invalid property '{property}' for queue '{}' in vhost '{vhost_name}'",
-                    d.name
-                )));
-            }
+            check_quorum_properties(&d, vhost_name)?;
         }
         // Exclusive queues die with their connection: RabbitMQ never keeps them on disk.
         let persisted = d.durable && !d.exclusive;
@@ -354,6 +351,11 @@ impl Broker {
             return Ok(0);
         };
         check_exclusive(&handle, conn, vhost_name)?;
+        if self.is_quorum(&vhost, &handle) {
+            return self
+                .delete_quorum_queue(&vhost, &handle, if_unused, if_empty)
+                .await;
+        }
         match handle
             .ask(|reply| QueueCommand::Delete {
                 if_unused,
@@ -409,7 +411,7 @@ impl Broker {
     ) -> Result<(), Refusal> {
         let vhost = self.vhost_or_refuse(vhost_name)?;
         if let Some(node) = self.proposer() {
-            if matches!(binding.destination, Destination::Exchange(_)) {
+            if self.replicated_destination(&vhost, &binding.destination) {
                 let op = MetaOp::Bind {
                     vhost: vhost_name.into(),
                     binding,
@@ -474,7 +476,7 @@ impl Broker {
     ) -> Result<(), Refusal> {
         let vhost = self.vhost_or_refuse(vhost_name)?;
         if let Some(node) = self.proposer() {
-            if matches!(binding.destination, Destination::Exchange(_)) {
+            if self.replicated_destination(&vhost, &binding.destination) {
                 let op = MetaOp::Unbind {
                     vhost: vhost_name.into(),
                     binding,
@@ -513,5 +515,101 @@ impl Broker {
             }
         }
         self.sync_definitions().await
+    }
+}
+
+/// What `x-queue-type: quorum` refuses (as RabbitMQ: 406 with the property named).
+fn check_quorum_properties(d: &QueueDeclare, vhost_name: &str) -> Result<(), Refusal> {
+    let bad = if !d.durable {
+        Some("non-durable")
+    } else if d.exclusive {
+        Some("exclusive-owner")
+    } else if d.auto_delete {
+        Some("auto-delete")
+    } else {
+        None
+    };
+    match bad {
+        Some(property) => Err(Refusal::precondition(format!(
+            "invalid property '{property}' for queue '{}' in vhost '{vhost_name}'",
+            d.name
+        ))),
+        None => Ok(()),
+    }
+}
+
+impl Broker {
+    /// Whether a binding to `destination` is replicated (an exchange, or a quorum queue) rather
+    /// than this node's own (a classic queue).
+    fn replicated_destination(&self, vhost: &Vhost, destination: &Destination) -> bool {
+        match destination {
+            Destination::Exchange(_) => true,
+            Destination::Queue(q) => self.quorum_queue(&vhost.name, q).is_some(),
+        }
+    }
+
+    /// Proposes a new quorum queue to the metadata group.
+    async fn propose_quorum_queue(
+        &self,
+        node: &warren_cluster::node::Node,
+        vhost: &Vhost,
+        d: &QueueDeclare,
+    ) -> Result<(), Refusal> {
+        check_quorum_properties(d, &vhost.name)?;
+        if d.name.starts_with("amq.") {
+            return Err(Refusal::access_refused(format!(
+                "queue name '{}' contains reserved prefix 'amq.*'",
+                d.name
+            )));
+        }
+        let members: Vec<u64> = node.config().members.keys().copied().collect();
+        let decl = crate::quorum::QuorumDecl {
+            vhost: vhost.name.clone(),
+            name: d.name.clone(),
+            arguments: d.arguments.encode().to_vec(),
+            group: crate::quorum::new_group_id(),
+            replicas: crate::quorum::choose_replicas(&members),
+        };
+        self.replicate(node, MetaOp::DeclareQuorumQueue(decl))
+            .await
+            .map(drop)
+    }
+
+    /// Deletes a quorum queue cluster-wide; the conditions are judged by its leader's counts.
+    async fn delete_quorum_queue(
+        &self,
+        vhost: &Vhost,
+        handle: &QueueHandle,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> Result<u64, Refusal> {
+        let name = handle.name();
+        let (ready, consumers) = handle
+            .ask(|reply| QueueCommand::Touch {
+                renew: false,
+                reply,
+            })
+            .await
+            .unwrap_or((handle.ready(), handle.consumers()));
+        if if_unused && consumers > 0 {
+            return Err(Refusal::precondition(format!(
+                "queue '{name}' in vhost '{}' in use",
+                vhost.name
+            )));
+        }
+        if if_empty && ready > 0 {
+            return Err(Refusal::precondition(format!(
+                "queue '{name}' in vhost '{}' not empty",
+                vhost.name
+            )));
+        }
+        let op = MetaOp::DeleteQuorumQueue {
+            vhost: vhost.name.clone(),
+            name: name.to_string(),
+        };
+        match self.proposer() {
+            Some(node) => self.replicate(node, op).await.map(|_| ready),
+            None => self.delete_quorum_here(&vhost.name, name).await,
+        }
     }
 }

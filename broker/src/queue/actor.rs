@@ -36,9 +36,26 @@ pub fn spawn(
     args: QueueArgs,
     store: Option<Arc<dyn MessageStore>>,
 ) -> Arc<QueueHandle> {
-    let limits = &broker.config.limits;
-    let (tx, rx) = mpsc::channel(limits.queue_inbox_max);
+    let (tx, rx) = mpsc::channel(broker.config.limits.queue_inbox_max);
     let counters = Arc::new(QueueCounters::default());
+    let handle = Arc::new(QueueHandle::new(id, decl, args.clone(), counters, tx));
+    serve(broker, vhost, Arc::clone(&handle), rx, store);
+    handle
+}
+
+/// Runs a queue's actor for an existing handle on the inbox `rx` (a quorum queue's leader
+/// serves the node's handle of the queue this way, with the raft group as its store). The
+/// actor stops when `rx` closes, or when the queue is deleted.
+pub fn serve(
+    broker: Arc<Broker>,
+    vhost: Arc<Vhost>,
+    handle: Arc<QueueHandle>,
+    rx: mpsc::Receiver<QueueCommand>,
+    store: Option<Arc<dyn MessageStore>>,
+) {
+    let limits = &broker.config.limits;
+    let args = handle.args.clone();
+    let counters = &handle.counters;
     let state = QueueState::new(
         args.clone(),
         QueueLimits {
@@ -49,7 +66,6 @@ pub fn spawn(
         store.clone(),
     );
     counters.ready.store(state.ready(), Ordering::Relaxed);
-    let handle = Arc::new(QueueHandle::new(id, decl, args, counters, tx));
     let actor = Actor {
         broker,
         vhost,
@@ -69,7 +85,6 @@ pub fn spawn(
     let span =
         tracing::info_span!("queue", vhost = %actor.vhost.name, queue = %actor.handle.name());
     tokio::spawn(tracing::Instrument::instrument(actor.run(), span));
-    handle
 }
 
 struct Actor {
@@ -104,13 +119,23 @@ impl Actor {
                 Some(at) => {
                     let wait = Duration::from_millis(at.saturating_sub(now_ms()));
                     tokio::select! {
-                        command = self.rx.recv() => command,
+                        command = self.rx.recv() => match command {
+                            Some(command) => Some(command),
+                            // Every sender is gone (a quorum queue's leadership moved).
+                            None => {
+                                self.stop();
+                                return;
+                            }
+                        },
                         _ = tokio::time::sleep(wait) => None,
                     }
                 }
                 None => match self.rx.recv().await {
                     Some(command) => Some(command),
-                    None => return,
+                    None => {
+                        self.stop();
+                        return;
+                    }
                 },
             };
             let mut flow = Flow::Continue;

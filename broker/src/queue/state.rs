@@ -198,8 +198,11 @@ impl QueueState {
         (message.priority as usize).min(self.levels.len() - 1)
     }
 
+    /// Whether messages may wait in the store beyond the memory window. Not for a priority
+    /// queue (its order is not the log's), nor for a store that cannot page new messages (a
+    /// quorum queue's: it then reads everything stored back at once).
     fn paging_allowed(&self) -> bool {
-        self.store.is_some() && self.levels.len() == 1
+        self.levels.len() == 1 && self.store.as_ref().is_some_and(|s| s.pages_new_messages())
     }
 
     fn memory_full(&self) -> bool {
@@ -235,7 +238,10 @@ impl QueueState {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let persist = self.store.is_some() && message.persistent;
+        let persist = self
+            .store
+            .as_ref()
+            .is_some_and(|s| message.persistent || s.keeps_transient());
         let page = self.paging_allowed() && (self.paged.count > 0 || self.memory_full());
         let mut lsn = None;
         if persist || page {
@@ -308,7 +314,6 @@ impl QueueState {
 
     /// Reads one batch of paged messages back; `false` if the window has no room for one.
     fn page_in_batch(&mut self) -> Result<bool, BrokerError> {
-        // A priority queue keeps everything in memory (its order is not the log's).
         let want = if self.paging_allowed() {
             let room = self
                 .limits

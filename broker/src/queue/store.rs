@@ -22,6 +22,16 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
     fn live(&self) -> (u64, u64);
     /// Calls `done` once `lsn` is durable (or with the error that prevented it).
     fn on_durable(&self, lsn: Lsn, done: Box<dyn FnOnce(bool) + Send>);
+    /// Whether transient messages are stored too (a quorum queue replicates every message).
+    fn keeps_transient(&self) -> bool {
+        false
+    }
+    /// Whether new messages may be left in the store only (paged) when the queue's memory
+    /// window is full. A store whose appends become readable only later (a quorum queue's,
+    /// readable once committed) keeps new messages in memory instead.
+    fn pages_new_messages(&self) -> bool {
+        true
+    }
 }
 
 #[derive(Debug)]

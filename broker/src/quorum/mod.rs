@@ -1,0 +1,213 @@
+//! Quorum queues on a cluster: a queue whose messages are a raft group's log, replicated on
+//! every member (or three of them on larger clusters), served by the group's leader.
+//!
+//! - [`state`]: the replicated state (the queue's stored messages) and the commands that
+//!   change it.
+//! - [`store`]: the leader's message store — the single-node queue actor runs unchanged on it,
+//!   its appends and removals proposed to the group, its confirms sent once committed.
+//! - [`router`]: each node's handle of the queue: to the local actor while this node leads, to
+//!   the leading node otherwise.
+//! - [`forward`]: the gRPC service that serves what other nodes forward.
+//!
+//! A quorum queue is declared and deleted through the metadata group (`replication`), so every
+//! node registers it, and the replicas start its raft group, in the same order.
+
+pub mod forward;
+pub mod router;
+pub mod state;
+pub mod store;
+
+use crate::broker::Broker;
+use crate::exchange::Destination;
+use crate::queue::{QueueArgs, QueueCounters, QueueDecl, QueueHandle, QueueId, Refusal};
+use crate::vhost::Vhost;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+use warren_cluster::types::{GroupId, NodeId};
+
+/// Raft groups of quorum queues live above the metadata group's id.
+const GROUP_BASE: u64 = crate::replication::META_GROUP.0 + 1;
+
+/// How many replicas a new quorum queue gets on a large cluster (all members on up to this
+/// many nodes).
+pub const REPLICAS: usize = 3;
+
+/// A quorum queue as the metadata group holds it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QuorumDecl {
+    pub vhost: String,
+    pub name: String,
+    /// Wire encoding of the arguments table.
+    pub arguments: Vec<u8>,
+    pub group: u64,
+    pub replicas: Vec<NodeId>,
+}
+
+/// A fresh group id for a new queue (random: proposers need not agree on a counter; a clash
+/// in 2^40 is refused at declaration).
+pub fn new_group_id() -> u64 {
+    use rand::Rng;
+    GROUP_BASE + rand::thread_rng().gen_range(0..(1u64 << 40))
+}
+
+/// The replicas of a new queue: every member up to [`REPLICAS`], else that many starting at a
+/// random member.
+pub fn choose_replicas(members: &[NodeId]) -> Vec<NodeId> {
+    use rand::Rng;
+    if members.len() <= REPLICAS {
+        return members.to_vec();
+    }
+    let start = rand::thread_rng().gen_range(0..members.len());
+    let mut chosen: Vec<NodeId> = (0..REPLICAS)
+        .map(|i| members[(start + i) % members.len()])
+        .collect();
+    chosen.sort_unstable();
+    chosen
+}
+
+/// This node's part of one quorum queue.
+#[derive(Debug)]
+pub struct QuorumQueue {
+    pub decl: QuorumDecl,
+    pub handle: Arc<QueueHandle>,
+    stop: watch::Sender<bool>,
+}
+
+impl QuorumQueue {
+    pub fn group(&self) -> GroupId {
+        GroupId(self.decl.group)
+    }
+}
+
+impl Broker {
+    /// Registers a quorum queue on this node (applying its declaration): its handle, its raft
+    /// group when this node is a replica, and the router serving the handle.
+    pub(crate) async fn declare_quorum_here(
+        self: &Arc<Broker>,
+        decl: QuorumDecl,
+    ) -> Result<(), Refusal> {
+        let vhost = self
+            .vhost(&decl.vhost)
+            .ok_or_else(|| Refusal::not_found(format!("no vhost '{}'", decl.vhost)))?;
+        if let Some(existing) = vhost.queue(&decl.name) {
+            let arguments =
+                crate::amqp::FieldTable::decode(decl.arguments.clone().into()).unwrap_or_default();
+            crate::queue::args::equivalent(&existing.decl.arguments(), &arguments).map_err(
+                |text| {
+                    Refusal::precondition(format!(
+                        "{text} (queue '{}' in vhost '{}')",
+                        decl.name, decl.vhost
+                    ))
+                },
+            )?;
+            return Ok(());
+        }
+        if self
+            .quorum_queues()
+            .iter()
+            .any(|q| q.decl.group == decl.group)
+        {
+            return Err(Refusal::internal("raft group id clash; declare again"));
+        }
+        let Some(node) = self.cluster_node().cloned() else {
+            return Err(Refusal::internal("a quorum queue needs a cluster"));
+        };
+        let arguments =
+            crate::amqp::FieldTable::decode(decl.arguments.clone().into()).unwrap_or_default();
+        let args = QueueArgs::parse(&arguments).map_err(Refusal::precondition)?;
+        let queue_decl = QueueDecl {
+            vhost: decl.vhost.clone(),
+            name: decl.name.clone(),
+            durable: true,
+            auto_delete: false,
+            exclusive_owner: None,
+            arguments: decl.arguments.clone(),
+            stream: None,
+        };
+        let (tx, rx) = mpsc::channel(self.config.limits.queue_inbox_max);
+        let handle = Arc::new(QueueHandle::new(
+            QueueId(self.next_queue_id()),
+            queue_decl,
+            args,
+            Arc::new(QueueCounters::default()),
+            tx,
+        ));
+        let data = state::SharedData::default();
+        let group = GroupId(decl.group);
+        if decl.replicas.contains(&node.id()) {
+            let replica = state::QuorumState { data: data.clone() };
+            node.start_group(group, &decl.replicas, replica)
+                .await
+                .map_err(|e| {
+                    tracing::error!(queue = %decl.name, error = %e, "raft group of the queue did not start");
+                    Refusal::internal(format!("starting the queue's raft group: {e}"))
+                })?;
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let router = router::Router {
+            broker: Arc::clone(self),
+            vhost: Arc::clone(&vhost),
+            handle: Arc::clone(&handle),
+            group,
+            data,
+            inbox: rx,
+            stop: stop_rx,
+        };
+        let span = tracing::info_span!("quorum", vhost = %decl.vhost, queue = %decl.name);
+        tokio::spawn(tracing::Instrument::instrument(router.run(), span));
+        vhost
+            .write()
+            .queues
+            .insert(decl.name.clone(), Arc::clone(&handle));
+        self.register_quorum(Arc::new(QuorumQueue { decl, handle, stop }));
+        Ok(())
+    }
+
+    /// Removes a quorum queue from this node (applying its deletion): the router stops, the
+    /// raft group stops and its log is dropped, bindings to it go.
+    pub(crate) async fn delete_quorum_here(
+        &self,
+        vhost_name: &str,
+        name: &str,
+    ) -> Result<u64, Refusal> {
+        let Some(q) = self.unregister_quorum(vhost_name, name) else {
+            return Ok(0);
+        };
+        let ready = q.handle.ready();
+        let _ = q.stop.send(true);
+        if let Some(node) = self.cluster_node() {
+            node.stop_group(q.group()).await;
+            if let Err(error) = warren_cluster::log_store::destroy(&self.wal, q.group()) {
+                tracing::error!(%error, queue = %name, "dropping the queue's raft log failed");
+            }
+        }
+        if let Some(vhost) = self.vhost(vhost_name) {
+            let mut state = vhost.write();
+            if state
+                .queues
+                .get(name)
+                .is_some_and(|h| Arc::ptr_eq(h, &q.handle))
+            {
+                state.queues.remove(name);
+            }
+            let gone = Destination::Queue(name.to_string());
+            self.remove_bindings_to_public(&mut state, vhost_name, &gone)?;
+        }
+        tracing::info!(vhost = %vhost_name, queue = %name, "quorum queue deleted");
+        Ok(ready)
+    }
+
+    /// The quorum queue `name` of `vhost`, if it is one.
+    pub fn quorum_queue(&self, vhost: &str, name: &str) -> Option<Arc<QuorumQueue>> {
+        self.quorum_queues()
+            .into_iter()
+            .find(|q| q.decl.vhost == vhost && q.decl.name == name)
+    }
+
+    /// Whether `handle` is a quorum queue's (replicated rather than local).
+    pub fn is_quorum(&self, vhost: &Vhost, handle: &QueueHandle) -> bool {
+        self.quorum_queue(&vhost.name, handle.name())
+            .is_some_and(|q| q.handle.id == handle.id)
+    }
+}

@@ -1,0 +1,204 @@
+//! The message store of a quorum queue's leader: what the queue actor appends and removes
+//! becomes raft entries of the queue's group; reads come from the replicated state.
+//!
+//! Proposals go out in order through one task per leadership. A confirm waits (`on_durable`)
+//! until its entry is applied on the leader, which openraft does only after the entry is
+//! committed: fsync'd on a majority of the replicas. Entries commit in log order, so a wait on
+//! the last proposal of a batch covers the batch. Once any proposal fails (leadership lost),
+//! every later wait answers `false`: the queue actor nacks, and publishers retry elsewhere.
+
+use super::state::{lock, QuorumCommand, SharedData};
+use crate::error::BrokerError;
+use crate::message::StoredMessage;
+use crate::queue::store::MessageStore;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use warren_cluster::types::Command;
+use warren_storage::Lsn;
+
+type Done = Box<dyn FnOnce(bool) + Send>;
+
+#[derive(Default)]
+struct Progress {
+    /// Every proposal up to this token was applied.
+    applied: u64,
+    /// The first token whose proposal failed.
+    failed_at: Option<u64>,
+    watchers: BTreeMap<u64, Vec<Done>>,
+}
+
+impl Progress {
+    fn outcome(&self, token: u64) -> Option<bool> {
+        if self.failed_at.is_some_and(|f| f <= token) {
+            Some(false)
+        } else if self.applied >= token {
+            Some(true)
+        } else {
+            None
+        }
+    }
+
+    /// The watchers whose outcome is now known, with it.
+    fn settled(&mut self) -> Vec<(Done, bool)> {
+        let mut out = Vec::new();
+        let tokens: Vec<u64> = self.watchers.keys().copied().collect();
+        for token in tokens {
+            let Some(ok) = self.outcome(token) else {
+                break;
+            };
+            for done in self.watchers.remove(&token).unwrap_or_default() {
+                out.push((done, ok));
+            }
+        }
+        out
+    }
+}
+
+/// The leader's store of one quorum queue.
+pub struct RaftStore {
+    data: SharedData,
+    proposals: mpsc::UnboundedSender<(u64, Vec<u8>)>,
+    next_token: AtomicU64,
+    progress: Arc<Mutex<Progress>>,
+}
+
+impl std::fmt::Debug for RaftStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftStore")
+            .field("next_token", &self.next_token)
+            .finish()
+    }
+}
+
+fn progress(p: &Mutex<Progress>) -> std::sync::MutexGuard<'_, Progress> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl RaftStore {
+    /// A store proposing to `raft` (this node leads it) over the group's `data`.
+    pub fn new(raft: warren_cluster::types::GroupRaft, data: SharedData) -> RaftStore {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Vec<u8>)>();
+        let (wait_tx, mut wait_rx) = mpsc::unbounded_channel();
+        let progress_shared = Arc::new(Mutex::new(Progress::default()));
+        // Proposes in order...
+        tokio::spawn(async move {
+            while let Some((token, command)) = rx.recv().await {
+                let receiver = raft.client_write_ff(Command(command)).await;
+                if wait_tx.send((token, receiver)).is_err() {
+                    return;
+                }
+            }
+        });
+        // ...and learns the outcomes in the same order.
+        let p = Arc::clone(&progress_shared);
+        tokio::spawn(async move {
+            while let Some((token, receiver)) = wait_rx.recv().await {
+                let ok = match receiver {
+                    Ok(receiver) => matches!(receiver.await, Ok(Ok(_))),
+                    Err(_) => false,
+                };
+                let settled = {
+                    let mut progress = progress(&p);
+                    if ok {
+                        progress.applied = progress.applied.max(token);
+                    } else if progress.failed_at.is_none() {
+                        tracing::warn!(token, "quorum queue proposal failed: leadership lost");
+                        progress.failed_at = Some(token);
+                    }
+                    progress.settled()
+                };
+                for (done, ok) in settled {
+                    done(ok);
+                }
+            }
+            // The proposer is gone (the store was dropped or the group stopped): whatever is
+            // still waited on will never be known to be committed.
+            let waiting = std::mem::take(&mut progress(&p).watchers);
+            for done in waiting.into_values().flatten() {
+                done(false);
+            }
+        });
+        RaftStore {
+            data,
+            proposals: tx,
+            next_token: AtomicU64::new(1),
+            progress: progress_shared,
+        }
+    }
+
+    fn propose(&self, command: QuorumCommand) -> Result<Lsn, BrokerError> {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        self.proposals
+            .send((token, command.encode()))
+            .map_err(|_| BrokerError::Cluster("the queue's raft group stopped".into()))?;
+        Ok(Lsn(token))
+    }
+}
+
+impl MessageStore for RaftStore {
+    fn append(&self, seq: u64, record: &StoredMessage) -> Result<Lsn, BrokerError> {
+        // Every message of a quorum queue is replicated, persistent or not (as in RabbitMQ).
+        let record = StoredMessage {
+            transient: false,
+            ..record.clone()
+        };
+        self.propose(QuorumCommand::Enqueue {
+            seq,
+            record: record.encode().freeze(),
+        })
+    }
+
+    fn remove(&self, seqs: &[u64]) -> Result<(), BrokerError> {
+        self.propose(QuorumCommand::Remove {
+            seqs: seqs.to_vec(),
+        })
+        .map(drop)
+    }
+
+    fn remove_from(&self, from: u64) -> Result<(), BrokerError> {
+        self.propose(QuorumCommand::RemoveFrom { from }).map(drop)
+    }
+
+    fn read_from(&self, from: u64, limit: usize) -> Result<Vec<(u64, StoredMessage)>, BrokerError> {
+        let data = lock(&self.data);
+        data.messages
+            .range(from..)
+            .take(limit)
+            .map(|(seq, record)| {
+                StoredMessage::decode(record.clone())
+                    .map(|m| (*seq, m))
+                    .map_err(|source| BrokerError::BadRecord {
+                        stream: 0,
+                        seq: *seq,
+                        source,
+                    })
+            })
+            .collect()
+    }
+
+    fn live(&self) -> (u64, u64) {
+        let data = lock(&self.data);
+        (data.messages.len() as u64, data.bound)
+    }
+
+    fn on_durable(&self, lsn: Lsn, done: Done) {
+        let mut progress = progress(&self.progress);
+        match progress.outcome(lsn.0) {
+            Some(ok) => {
+                drop(progress);
+                done(ok);
+            }
+            None => progress.watchers.entry(lsn.0).or_default().push(done),
+        }
+    }
+
+    fn keeps_transient(&self) -> bool {
+        true
+    }
+
+    fn pages_new_messages(&self) -> bool {
+        false
+    }
+}
