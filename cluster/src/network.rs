@@ -19,7 +19,7 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, Raft};
 use serde::{de::DeserializeOwned, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
@@ -57,11 +57,25 @@ impl Peers {
 pub struct GroupNetwork {
     group: GroupId,
     peers: Peers,
+    /// This node's own view of its peers' addresses; they win over the addresses recorded in
+    /// the group's membership (written by whichever node bootstrapped it), so each node's
+    /// configuration decides how it reaches the others.
+    addresses: Arc<BTreeMap<NodeId, String>>,
 }
 
 impl GroupNetwork {
     pub fn new(group: GroupId, peers: Peers) -> GroupNetwork {
-        GroupNetwork { group, peers }
+        GroupNetwork {
+            group,
+            peers,
+            addresses: Arc::default(),
+        }
+    }
+
+    /// With this node's address book.
+    pub fn with_addresses(mut self, addresses: Arc<BTreeMap<NodeId, String>>) -> GroupNetwork {
+        self.addresses = addresses;
+        self
     }
 }
 
@@ -72,7 +86,11 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
         PeerClient {
             group: self.group,
             target,
-            addr: node.addr.clone(),
+            addr: self
+                .addresses
+                .get(&target)
+                .cloned()
+                .unwrap_or_else(|| node.addr.clone()),
             peers: self.peers.clone(),
         }
     }

@@ -117,6 +117,7 @@ pub struct Node {
     wal: Arc<Wal>,
     peers: Peers,
     groups: Groups,
+    addresses: Arc<BTreeMap<NodeId, String>>,
 }
 
 /// What one attempt at a proposal learned.
@@ -142,6 +143,7 @@ impl Node {
         .validate()
         .map_err(|e| e.to_string())?;
         Ok(Node {
+            addresses: Arc::new(config.members.clone()),
             config: Arc::new(config),
             raft_config: Arc::new(raft_config),
             wal,
@@ -187,7 +189,8 @@ impl Node {
         let sm = GroupStateMachine::open(Arc::clone(&self.wal), group, state)
             .await
             .map_err(|e| e.to_string())?;
-        let network = GroupNetwork::new(group, self.peers.clone());
+        let network = GroupNetwork::new(group, self.peers.clone())
+            .with_addresses(Arc::clone(&self.addresses));
         let raft = Raft::new(self.id(), Arc::clone(&self.raft_config), network, log, sm)
             .await
             .map_err(|e| e.to_string())?;

@@ -16,8 +16,14 @@ const TIMINGS: &str =
 #[derive(Debug)]
 pub struct Cluster {
     nodes: Vec<Warren>,
+    /// `(from, to)` → the proxy node `from` dials to reach node `to` (partitionable clusters).
+    links: std::collections::BTreeMap<(usize, usize), crate::proxy::Proxy>,
     _temp: tempfile::TempDir,
+    /// Clusters of one test process run one at a time (three nodes each on two cores).
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// `n` loopback ports free right now (held together so they differ, then released).
 pub fn free_ports(n: usize) -> Vec<u16> {
@@ -30,9 +36,11 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
-fn write_config(path: &Path, id: usize, raft_ports: &[u16]) {
+/// Node `id`'s configuration: `members[j]` is the port it dials to reach node `j` (its own
+/// is the port it listens on).
+fn write_config(path: &Path, id: usize, members: &[u16]) {
     let mut text = format!("node_name = \"warren-{id}@localhost\"\n\n[cluster]\nnode_id = {id}\n{TIMINGS}\n[cluster.members]\n");
-    for (i, port) in raft_ports.iter().enumerate() {
+    for (i, port) in members.iter().enumerate() {
         text.push_str(&format!("{} = \"127.0.0.1:{port}\"\n", i + 1));
     }
     std::fs::write(path, text).expect("writing a node's configuration");
@@ -41,28 +49,66 @@ fn write_config(path: &Path, id: usize, raft_ports: &[u16]) {
 impl Cluster {
     /// Starts `n` nodes on fresh data directories and waits until every one is ready.
     pub fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, false)
+    }
+
+    /// Starts `n` nodes whose raft traffic passes through a proxy per ordered pair of nodes,
+    /// so that [`Cluster::isolate`] can cut a node off.
+    pub fn start_partitionable(n: usize) -> Cluster {
+        Cluster::start_with(n, true)
+    }
+
+    fn start_with(n: usize, partitionable: bool) -> Cluster {
         let temp = tempfile::Builder::new()
             .prefix("warren-cluster-")
             .tempdir()
             .expect("temp dir");
-        let raft_ports = free_ports(n);
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let ports = free_ports(2 * n);
+        let (raft_ports, amqp_ports) = ports.split_at(n);
+        let mut links = std::collections::BTreeMap::new();
+        if partitionable {
+            for from in 1..=n {
+                for to in 1..=n {
+                    if from != to {
+                        let target = format!("127.0.0.1:{}", raft_ports[to - 1]);
+                        let proxy = crate::proxy::start(target.parse().expect("address"));
+                        links.insert((from, to), proxy);
+                    }
+                }
+            }
+        }
         let mut nodes = Vec::new();
         for id in 1..=n {
             let dir = temp.path().join(format!("node-{id}"));
             std::fs::create_dir_all(&dir).expect("node dir");
             let config = dir.join("warren.toml");
-            write_config(&config, id, &raft_ports);
+            let members: Vec<u16> = (1..=n)
+                .map(|to| match links.get(&(id, to)) {
+                    Some(proxy) => proxy.port,
+                    None => raft_ports[to - 1],
+                })
+                .collect();
+            write_config(&config, id, &members);
             nodes.push(Warren {
                 child: None,
-                addr: "127.0.0.1:0".parse().expect("address"),
+                addr: format!("127.0.0.1:{}", amqp_ports[id - 1])
+                    .parse()
+                    .expect("address"),
                 admin_addr: None,
                 metrics_addr: None,
                 data_dir: dir.join("data"),
                 extra_args: vec!["--config".into(), config.display().to_string()],
+                fixed_port: true,
                 _temp: None,
             });
         }
-        let mut cluster = Cluster { nodes, _temp: temp };
+        let mut cluster = Cluster {
+            nodes,
+            links,
+            _temp: temp,
+            _serial: serial,
+        };
         cluster.start_nodes(&(1..=n).collect::<Vec<_>>());
         cluster
     }
@@ -105,6 +151,23 @@ impl Cluster {
         }
         let all: Vec<usize> = (1..=self.nodes.len()).collect();
         self.start_nodes(&all);
+    }
+
+    /// Cuts node `id` off from the others (both directions; AMQP is untouched).
+    pub fn isolate(&self, id: usize) {
+        assert!(!self.links.is_empty(), "started without proxies");
+        for ((from, to), proxy) in &self.links {
+            if *from == id || *to == id {
+                proxy.cut();
+            }
+        }
+    }
+
+    /// Restores every link.
+    pub fn heal(&self) {
+        for proxy in self.links.values() {
+            proxy.heal();
+        }
     }
 
     /// Every node's log, for failure messages.

@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod cluster;
 pub mod oracle;
+pub mod proxy;
 pub mod raw;
 
 use std::io::{BufRead, BufReader};
@@ -80,6 +81,8 @@ pub struct Warren {
     pub metrics_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     extra_args: Vec<String>,
+    /// Keep `addr` across restarts.
+    fixed_port: bool,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -103,6 +106,7 @@ impl Warren {
             metrics_addr: None,
             data_dir,
             extra_args: args.iter().map(|s| s.to_string()).collect(),
+            fixed_port: false,
             _temp: Some(temp),
         };
         warren.spawn();
@@ -134,7 +138,7 @@ impl Warren {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(self.listen_at())
             .args([
                 "--admin-listen",
                 "127.0.0.1:0",
@@ -231,6 +235,16 @@ impl Warren {
     /// Starts the broker after it was killed or terminated.
     pub fn start_again(&mut self) {
         self.spawn();
+    }
+
+    /// The AMQP address to listen on: fixed for a cluster node (clients reconnect to it after
+    /// a restart), any free port otherwise.
+    fn listen_at(&self) -> String {
+        if self.fixed_port {
+            self.addr.to_string()
+        } else {
+            "127.0.0.1:0".into()
+        }
     }
 
     pub fn log(&self) -> String {

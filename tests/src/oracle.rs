@@ -68,6 +68,11 @@ impl Oracle {
         self.records().confirmed.len()
     }
 
+    /// How many ids in `range` were confirmed.
+    pub fn confirmed_in(&self, range: std::ops::Range<u64>) -> usize {
+        self.records().confirmed.range(range).count()
+    }
+
     /// Whether every confirmed message has been received.
     pub fn all_confirmed_received(&self) -> bool {
         let r = self.records();

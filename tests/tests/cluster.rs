@@ -520,3 +520,252 @@ async fn a_quorum_queue_loses_nothing_confirmed_when_its_leader_is_killed() {
         "{report}"
     );
 }
+
+/// What each running node's admin plane says of queue `name`.
+async fn queue_states(cluster: &Cluster, name: &str) -> String {
+    let mut out = String::new();
+    for i in 1..=cluster.len() {
+        if !cluster.node(i).is_running() {
+            out.push_str(&format!("node {i}: down\n"));
+            continue;
+        }
+        let mut admin = warren_tests::admin::guest(&cluster.node(i).admin_url()).await;
+        let list = admin
+            .list_queues(warren_proto::admin::ListRequest { vhost: "/".into() })
+            .await;
+        let q = list
+            .ok()
+            .and_then(|l| l.into_inner().queues.into_iter().find(|q| q.name == name));
+        out.push_str(&match q {
+            Some(q) => format!(
+                "node {i}: leader {:?} ready {} unacked {} consumers {}\n",
+                q.leader, q.ready, q.unacked, q.consumers
+            ),
+            None => format!("node {i}: no queue\n"),
+        });
+    }
+    out
+}
+
+/// Waits until every confirmed message was received, then stops the consumer.
+async fn drain_and_check(
+    oracle: &warren_tests::oracle::Oracle,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    consumer: tokio::task::JoinHandle<()>,
+    cluster: &Cluster,
+    what: &str,
+) -> warren_tests::oracle::Report {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while !oracle.all_confirmed_received() {
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "{what}: confirmed messages missing: {}\n{}\n{}",
+                oracle.report(),
+                queue_states(cluster, "total").await,
+                cluster.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    consumer.await.expect("consumer task");
+    let report = oracle.report();
+    println!("{what}: {report}");
+    assert!(report.lost.is_empty(), "{what}: lost: {report}");
+    assert!(report.unexpected.is_empty(), "{what}: unexpected: {report}");
+    assert!(
+        report.unmarked_repeats.is_empty(),
+        "{what}: repeats without redelivered: {report}"
+    );
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_leader_stops_confirming_while_the_majority_continues() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use warren_tests::oracle::{self, Oracle};
+
+    let cluster = Cluster::start_partitionable(3);
+    declare_quorum(cluster.node(1), "split").await;
+    let cut = wait_for_leader(&cluster, 1, "split").await;
+    let majority: Vec<usize> = (1..=3).filter(|i| *i != cut).collect();
+    let oracle = Oracle::default();
+    let stop_publishers = Arc::new(AtomicBool::new(false));
+    let stop_consumer = Arc::new(AtomicBool::new(false));
+    // One publisher stays on the node about to be cut off (ids below a million), one on the
+    // majority (ids from a million); the consumer reads on the majority.
+    const MAJORITY: u64 = 1_000_000;
+    let minority_publisher = tokio::spawn(oracle::publish(
+        oracle.clone(),
+        vec![cluster.node(cut).url()],
+        "split".into(),
+        0..MAJORITY,
+        32,
+        Arc::clone(&stop_publishers),
+    ));
+    let majority_publisher = tokio::spawn(oracle::publish(
+        oracle.clone(),
+        majority.iter().map(|i| cluster.node(*i).url()).collect(),
+        "split".into(),
+        MAJORITY..2 * MAJORITY,
+        32,
+        Arc::clone(&stop_publishers),
+    ));
+    let consumer = tokio::spawn(oracle::consume(
+        oracle.clone(),
+        majority
+            .iter()
+            .rev()
+            .map(|i| cluster.node(*i).url())
+            .collect(),
+        "split".into(),
+        Arc::clone(&stop_consumer),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while oracle.confirmed_in(0..MAJORITY) < 300
+        || oracle.confirmed_in(MAJORITY..2 * MAJORITY) < 300
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publishing stalled before the partition: {}",
+            oracle.report()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    cluster.isolate(cut);
+    // What was committed before the cut is confirmed within the election time; after that the
+    // minority confirms nothing, and the majority elects a leader and goes on.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let minority_before = oracle.confirmed_in(0..MAJORITY);
+    let majority_before = oracle.confirmed_in(MAJORITY..2 * MAJORITY);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let minority_after = oracle.confirmed_in(0..MAJORITY);
+    let majority_after = oracle.confirmed_in(MAJORITY..2 * MAJORITY);
+    assert_eq!(
+        minority_before, minority_after,
+        "the cut-off node confirmed publishes it could not replicate"
+    );
+    assert!(
+        majority_after > majority_before + 100,
+        "the majority stopped confirming: {majority_before} then {majority_after}\n{}",
+        cluster.logs()
+    );
+    let new_leader = wait_for_leader(&cluster, majority[0], "split").await;
+    assert_ne!(
+        new_leader, cut,
+        "the majority elected a leader among itself"
+    );
+
+    cluster.heal();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop_publishers.store(true, Ordering::Relaxed);
+    for p in [minority_publisher, majority_publisher] {
+        tokio::time::timeout(Duration::from_secs(60), p)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "publishers did not finish after the heal: {}\n{}",
+                    oracle.report(),
+                    cluster.logs()
+                )
+            })
+            .expect("publisher task");
+    }
+    drain_and_check(&oracle, &stop_consumer, consumer, &cluster, "partition").await;
+    // Every node agrees on the leader once healed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut seen = Vec::new();
+        for i in 1..=3 {
+            seen.push(leader_of(&cluster, i, "split").await);
+        }
+        if seen.iter().all(|l| l.is_some() && *l == seen[0]) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nodes disagree on the leader after healing: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Random node kills and partitions while publishers (one per node) and a consumer run; at the
+/// end everything confirmed must have been delivered. `WARREN_SOAK_SECS` sets how long faults
+/// are injected (20 s by default; e.g. 600 for a soak).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn total_queue_under_random_kills_and_partitions() {
+    use rand::Rng;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use warren_tests::oracle::{self, Oracle};
+
+    let secs: u64 = std::env::var("WARREN_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let seed: u64 = std::env::var("SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen());
+    println!("total queue: {secs} s of faults, SEED={seed}");
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+    let mut cluster = Cluster::start_partitionable(3);
+    declare_quorum(cluster.node(1), "total").await;
+    wait_for_leader(&cluster, 1, "total").await;
+    let urls: Vec<String> = (1..=3).map(|i| cluster.node(i).url()).collect();
+    let rotated =
+        |first: usize| -> Vec<String> { (0..3).map(|k| urls[(first + k) % 3].clone()).collect() };
+    let oracle = Oracle::default();
+    let stop_publishers = Arc::new(AtomicBool::new(false));
+    let stop_consumer = Arc::new(AtomicBool::new(false));
+    let publishers: Vec<_> = (0..3u64)
+        .map(|p| {
+            tokio::spawn(oracle::publish(
+                oracle.clone(),
+                rotated(p as usize),
+                "total".into(),
+                p * 1_000_000_000..(p + 1) * 1_000_000_000,
+                16,
+                Arc::clone(&stop_publishers),
+            ))
+        })
+        .collect();
+    let consumer = tokio::spawn(oracle::consume(
+        oracle.clone(),
+        rotated(1),
+        "total".into(),
+        Arc::clone(&stop_consumer),
+    ));
+    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let mut faults = Vec::new();
+    while tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(1000..2500))).await;
+        let victim = rng.gen_range(1..=3);
+        if rng.gen_bool(0.5) {
+            faults.push(format!("kill {victim}"));
+            cluster.node_mut(victim).kill();
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(500..2000))).await;
+            tokio::task::block_in_place(|| cluster.start_nodes(&[victim]));
+        } else {
+            faults.push(format!("isolate {victim}"));
+            cluster.isolate(victim);
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(1000..3000))).await;
+            cluster.heal();
+        }
+    }
+    println!("faults: {}", faults.join(", "));
+    // Quiet: let the cluster settle, then stop publishing and drain.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop_publishers.store(true, Ordering::Relaxed);
+    for p in publishers {
+        tokio::time::timeout(Duration::from_secs(60), p)
+            .await
+            .expect("publishers stop")
+            .expect("publisher task");
+    }
+    let report = drain_and_check(&oracle, &stop_consumer, consumer, &cluster, "total queue").await;
+    assert!(report.confirmed > 0, "nothing was confirmed: {report}");
+}

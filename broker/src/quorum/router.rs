@@ -41,6 +41,7 @@ enum Target {
     Nowhere,
     Local {
         actor: mpsc::Sender<QueueCommand>,
+        store: Arc<RaftStore>,
     },
     Remote {
         node: NodeId,
@@ -231,10 +232,10 @@ impl Running {
                         Arc::clone(&self.r.vhost),
                         Arc::clone(&self.r.handle),
                         rx,
-                        Some(store),
+                        Some(Arc::clone(&store) as Arc<dyn crate::queue::store::MessageStore>),
                     );
                     tracing::info!(queue = %self.r.handle.name(), "leading the quorum queue here");
-                    Target::Local { actor: tx }
+                    Target::Local { actor: tx, store }
                 }
             }
             Some(l) => Target::Remote {
@@ -251,8 +252,9 @@ impl Running {
         let old = std::mem::replace(&mut self.target, next);
         match old {
             Target::Nowhere => {}
-            Target::Local { actor } => {
+            Target::Local { actor, store } => {
                 drop(actor);
+                store.abandon();
                 for (owner, consumer_tag, events) in self.local_consumers.drain(..) {
                     let _ = events.send(ConnEvent::ConsumerCancelled {
                         owner,
@@ -278,7 +280,7 @@ impl Running {
     async fn dispatch(&mut self, command: QueueCommand, node: &warren_cluster::node::Node) {
         match &mut self.target {
             Target::Nowhere => refuse(command, "the quorum queue has no leader"),
-            Target::Local { actor } => {
+            Target::Local { actor, .. } => {
                 match &command {
                     QueueCommand::Consume { spec, .. } => self.local_consumers.push((
                         spec.owner,

@@ -3,7 +3,11 @@
 //! the commands below are what reaches the raft log.
 //!
 //! Commands are encoded by hand (a tag byte and big-endian integers) so a message's record is
-//! carried as it is, without a per-byte serde pass.
+//! carried as it is, without a per-byte serde pass. Each carries the proposer's stamp (a
+//! random id of the leadership that proposed it, and a counter), which applying it returns:
+//! the proposer accepts an answer only with its own stamp. (openraft answers a proposal by its
+//! log index; a deposed leader that catches up from a snapshot could otherwise see another
+//! leader's entry at that index answer for its own.)
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::collections::BTreeMap;
@@ -45,6 +49,9 @@ const ENQUEUE: u8 = 0;
 const REMOVE: u8 = 1;
 const REMOVE_FROM: u8 = 2;
 
+/// Who proposed a command: a leadership's random id and the proposal's number within it.
+pub type Stamp = (u64, u64);
+
 /// What the raft log carries for a quorum queue.
 #[derive(Debug, Clone, PartialEq)]
 pub enum QuorumCommand {
@@ -56,36 +63,52 @@ pub enum QuorumCommand {
     RemoveFrom { from: u64 },
 }
 
+/// The reply of an applied command: its stamp.
+pub fn stamp_bytes(stamp: Stamp) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    out.extend_from_slice(&stamp.0.to_be_bytes());
+    out.extend_from_slice(&stamp.1.to_be_bytes());
+    out
+}
+
 impl QuorumCommand {
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self, stamp: Stamp) -> Vec<u8> {
         let mut buf = BytesMut::new();
+        let tag = match self {
+            QuorumCommand::Enqueue { .. } => ENQUEUE,
+            QuorumCommand::Remove { .. } => REMOVE,
+            QuorumCommand::RemoveFrom { .. } => REMOVE_FROM,
+        };
+        buf.put_u8(tag);
+        buf.put_u64(stamp.0);
+        buf.put_u64(stamp.1);
         match self {
             QuorumCommand::Enqueue { seq, record } => {
-                buf.reserve(9 + record.len());
-                buf.put_u8(ENQUEUE);
+                buf.reserve(8 + record.len());
                 buf.put_u64(*seq);
                 buf.put_slice(record);
             }
             QuorumCommand::Remove { seqs } => {
-                buf.put_u8(REMOVE);
                 for s in seqs {
                     buf.put_u64(*s);
                 }
             }
-            QuorumCommand::RemoveFrom { from } => {
-                buf.put_u8(REMOVE_FROM);
-                buf.put_u64(*from);
-            }
+            QuorumCommand::RemoveFrom { from } => buf.put_u64(*from),
         }
         buf.to_vec()
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<QuorumCommand, String> {
+    pub fn decode(bytes: &[u8]) -> Result<(QuorumCommand, Stamp), String> {
         let mut b = bytes;
-        if b.is_empty() {
-            return Err("empty quorum command".into());
+        if b.len() < 17 {
+            return Err("quorum command shorter than its header".into());
         }
         let tag = b.get_u8();
+        let stamp = (b.get_u64(), b.get_u64());
+        Self::decode_body(tag, b).map(|c| (c, stamp))
+    }
+
+    fn decode_body(tag: u8, mut b: &[u8]) -> Result<QuorumCommand, String> {
         let need = |b: &[u8], n: usize| {
             if b.len() < n {
                 Err(format!("quorum command {tag} truncated"))
@@ -129,24 +152,30 @@ pub struct QuorumState {
 
 impl ReplicatedState for QuorumState {
     async fn apply(&mut self, command: &[u8]) -> Vec<u8> {
-        match QuorumCommand::decode(command) {
-            Ok(QuorumCommand::Enqueue { seq, record }) => lock(&self.data).insert(seq, record),
-            Ok(QuorumCommand::Remove { seqs }) => {
+        let (command, stamp) = match QuorumCommand::decode(command) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                tracing::error!(%error, "undecodable quorum queue entry skipped");
+                return Vec::new();
+            }
+        };
+        match command {
+            QuorumCommand::Enqueue { seq, record } => lock(&self.data).insert(seq, record),
+            QuorumCommand::Remove { seqs } => {
                 let mut data = lock(&self.data);
                 for s in seqs {
                     data.remove(s);
                 }
             }
-            Ok(QuorumCommand::RemoveFrom { from }) => {
+            QuorumCommand::RemoveFrom { from } => {
                 let mut data = lock(&self.data);
                 let gone: Vec<u64> = data.messages.range(from..).map(|(s, _)| *s).collect();
                 for s in gone {
                     data.remove(s);
                 }
             }
-            Err(error) => tracing::error!(%error, "undecodable quorum queue entry skipped"),
         }
-        Vec::new()
+        stamp_bytes(stamp)
     }
 
     fn snapshot(&self) -> Vec<u8> {
@@ -213,10 +242,11 @@ mod tests {
             QuorumCommand::RemoveFrom { from: 10 },
         ];
         let mut state = QuorumState::default();
-        for c in &commands {
-            let bytes = c.encode();
-            assert_eq!(&QuorumCommand::decode(&bytes).unwrap(), c);
-            state.apply(&bytes).await;
+        for (i, c) in commands.iter().enumerate() {
+            let stamp = (42, i as u64);
+            let bytes = c.encode(stamp);
+            assert_eq!(QuorumCommand::decode(&bytes).unwrap(), (c.clone(), stamp));
+            assert_eq!(state.apply(&bytes).await, stamp_bytes(stamp));
         }
         {
             let data = lock(&state.data);
@@ -230,6 +260,9 @@ mod tests {
         assert_eq!(a.messages, b.messages);
         assert_eq!((a.bound, a.bytes), (b.bound, b.bytes));
         assert!(QuorumCommand::decode(&[REMOVE, 1, 2]).is_err());
+        let mut odd = QuorumCommand::Remove { seqs: vec![1] }.encode((1, 1));
+        odd.pop();
+        assert!(QuorumCommand::decode(&odd).is_err());
         assert!(QuorumCommand::decode(&[]).is_err());
     }
 }

@@ -6,8 +6,12 @@
 //! committed: fsync'd on a majority of the replicas. Entries commit in log order, so a wait on
 //! the last proposal of a batch covers the batch. Once any proposal fails (leadership lost),
 //! every later wait answers `false`: the queue actor nacks, and publishers retry elsewhere.
+//! A proposal counts as applied only if the applied entry carries this leadership's stamp;
+//! when the router sees leadership move it abandons the store, failing whatever is still
+//! waiting (openraft may never answer proposals a deposed leader made before a snapshot
+//! replaced its log).
 
-use super::state::{lock, QuorumCommand, SharedData};
+use super::state::{lock, stamp_bytes, QuorumCommand, SharedData};
 use crate::error::BrokerError;
 use crate::message::StoredMessage;
 use crate::queue::store::MessageStore;
@@ -62,6 +66,9 @@ pub struct RaftStore {
     proposals: mpsc::UnboundedSender<(u64, Vec<u8>)>,
     next_token: AtomicU64,
     progress: Arc<Mutex<Progress>>,
+    /// This leadership's random id, stamped on every proposal.
+    leadership: u64,
+    abandoned: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for RaftStore {
@@ -82,6 +89,8 @@ impl RaftStore {
         let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Vec<u8>)>();
         let (wait_tx, mut wait_rx) = mpsc::unbounded_channel();
         let progress_shared = Arc::new(Mutex::new(Progress::default()));
+        let leadership: u64 = rand::random();
+        let (abandoned, mut abandoned_rx) = tokio::sync::watch::channel(false);
         // Proposes in order...
         tokio::spawn(async move {
             while let Some((token, command)) = rx.recv().await {
@@ -94,9 +103,22 @@ impl RaftStore {
         // ...and learns the outcomes in the same order.
         let p = Arc::clone(&progress_shared);
         tokio::spawn(async move {
-            while let Some((token, receiver)) = wait_rx.recv().await {
+            loop {
+                let next = tokio::select! {
+                    next = wait_rx.recv() => next,
+                    _ = abandoned_rx.changed() => None,
+                };
+                let Some((token, receiver)) = next else {
+                    break;
+                };
+                let expected = stamp_bytes((leadership, token));
                 let ok = match receiver {
-                    Ok(receiver) => matches!(receiver.await, Ok(Ok(_))),
+                    Ok(receiver) => tokio::select! {
+                        answer = receiver => {
+                            matches!(answer, Ok(Ok(r)) if r.data.0 == expected)
+                        }
+                        _ = abandoned_rx.changed() => false,
+                    },
                     Err(_) => false,
                 };
                 let settled = {
@@ -113,9 +135,13 @@ impl RaftStore {
                     done(ok);
                 }
             }
-            // The proposer is gone (the store was dropped or the group stopped): whatever is
-            // still waited on will never be known to be committed.
-            let waiting = std::mem::take(&mut progress(&p).watchers);
+            // Abandoned, or the proposer is gone: whatever is still waited on will never be
+            // known to be committed.
+            let waiting = {
+                let mut progress = progress(&p);
+                progress.failed_at.get_or_insert(0);
+                std::mem::take(&mut progress.watchers)
+            };
             for done in waiting.into_values().flatten() {
                 done(false);
             }
@@ -125,13 +151,25 @@ impl RaftStore {
             proposals: tx,
             next_token: AtomicU64::new(1),
             progress: progress_shared,
+            leadership,
+            abandoned,
         }
     }
 
+    /// Leadership moved: every proposal still waited on fails, and so does every later one.
+    pub fn abandon(&self) {
+        let _ = self.abandoned.send(true);
+    }
+
     fn propose(&self, command: QuorumCommand) -> Result<Lsn, BrokerError> {
+        if self.abandoned.borrow().to_owned() {
+            return Err(BrokerError::Cluster(
+                "this node no longer leads the queue".into(),
+            ));
+        }
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         self.proposals
-            .send((token, command.encode()))
+            .send((token, command.encode((self.leadership, token))))
             .map_err(|_| BrokerError::Cluster("the queue's raft group stopped".into()))?;
         Ok(Lsn(token))
     }
