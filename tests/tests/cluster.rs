@@ -223,8 +223,62 @@ async fn definitions_made_on_one_node_are_seen_on_every_node_and_survive_restart
         );
     }
 
-    // All three restarted: the definitions are intact.
+    // A quorum queue declared on node 3, bound on node 2, filled through node 1.
+    declare_quorum(cluster.node(3), "kept").await;
+    {
+        let (_c, ch) = channel(cluster.node(2)).await;
+        ch.queue_bind(
+            "kept".into(),
+            "audit".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind the quorum queue on node 2");
+        let (_c1, ch1) = channel(cluster.node(1)).await;
+        ch1.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        for i in 0..10 {
+            let confirm = ch1
+                .basic_publish(
+                    "audit".into(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    format!("kept {i}").as_bytes(),
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("confirm");
+            assert!(confirm.is_ack(), "message {i} confirmed");
+        }
+    }
+
+    // All three restarted: the definitions are intact, and so are the quorum queue's messages.
     cluster.restart_all();
+    {
+        let (_c, ch) = channel(cluster.node(2)).await;
+        let mut kept = Vec::new();
+        for _ in 0..50 {
+            match ch
+                .basic_get("kept".into(), BasicGetOptions { no_ack: true })
+                .await
+                .expect("get from the quorum queue after the restart")
+            {
+                Some(m) => kept.push(String::from_utf8_lossy(&m.delivery.data).into_owned()),
+                None if kept.len() == 10 => break,
+                None => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let expected: Vec<String> = (0..10).map(|i| format!("kept {i}")).collect();
+        assert_eq!(
+            kept, expected,
+            "the quorum queue's messages after a full restart"
+        );
+    }
     for id in 1..=3 {
         assert!(
             exchange_exists(cluster.node(id), "audit").await,

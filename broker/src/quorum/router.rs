@@ -97,6 +97,9 @@ pub struct Router {
 /// news sooner).
 const RETRY_UNREACHABLE: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// How long a new leader waits for a majority to confirm its leadership before it serves.
+const LEADING_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
 struct Running {
     r: Router,
     target: Target,
@@ -215,16 +218,20 @@ impl Running {
         if same {
             return;
         }
-        self.retry_at = None;
         let next = match leader {
             None => Target::Nowhere,
             Some(l) if l == me => {
                 // Everything committed (by earlier leaders too) must be applied here before
-                // the actor loads the backlog.
-                if let Err(error) = raft.ensure_linearizable().await {
-                    tracing::info!(%error, "leadership of the queue's group lost while starting");
-                    Target::Nowhere
-                } else {
+                // the actor loads the backlog. That needs a majority; without one (this node
+                // is cut off), try again shortly rather than wait here for good.
+                let ready = tokio::time::timeout(LEADING_CHECK, raft.ensure_linearizable()).await;
+                if !matches!(ready, Ok(Ok(_))) {
+                    tracing::info!("leading the queue's group, but no majority confirms it yet");
+                    self.retarget(Target::Nowhere);
+                    self.retry_at = Some(tokio::time::Instant::now() + RETRY_UNREACHABLE);
+                    return;
+                }
+                {
                     let store = Arc::new(RaftStore::new(raft.clone(), self.r.data.clone()));
                     let (tx, rx) = mpsc::channel(self.r.broker.config.limits.queue_inbox_max);
                     crate::queue::actor::serve(
@@ -249,6 +256,12 @@ impl Running {
 
     /// Switches targets, cancelling what was attached through the old one.
     fn retarget(&mut self, next: Target) {
+        let changed = std::mem::discriminant(&self.target) != std::mem::discriminant(&next)
+            || matches!((&self.target, &next), (Target::Remote { node: a, .. }, Target::Remote { node: b, .. }) if a != b);
+        if changed {
+            // A new target: what was held goes to it at once.
+            self.retry_at = None;
+        }
         let old = std::mem::replace(&mut self.target, next);
         match old {
             Target::Nowhere => {}
