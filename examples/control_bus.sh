@@ -56,5 +56,7 @@ must "routed to cb.shipping" ctl publish cb.orders new 'direct order'
 
 # Statistics.
 must "cb.shipping" ctl list queues
-ctl overview | head -3
+# (Captured rather than piped into `head`, which may close the pipe while warrenctl writes.)
+overview=$(ctl overview)
+head -3 <<<"$overview"
 echo "control bus: ok"

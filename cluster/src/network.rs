@@ -288,6 +288,21 @@ impl RaftRpc for RaftService {
         reply(&raft.install_snapshot(rpc).await)
     }
 
+    async fn elect(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let group = request.into_inner().group;
+        let raft = self
+            .groups
+            .get(GroupId(group))
+            .ok_or_else(|| Status::not_found(format!("no raft group {group} on this node")))?;
+        raft.trigger()
+            .elect()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(RaftReply {
+            payload: Vec::new(),
+        }))
+    }
+
     async fn propose(
         &self,
         request: Request<ProposeRequest>,

@@ -354,6 +354,39 @@ impl Node {
             })
     }
 
+    /// Moves the leadership of `group` to member `to` (which starts an election; it wins when
+    /// its log is up to date) and waits until this node sees it lead, up to `timeout`.
+    pub async fn transfer_leadership(
+        &self,
+        group: GroupId,
+        to: NodeId,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        if self.leader(group) == Some(to) {
+            return Ok(());
+        }
+        if to == self.id() {
+            let raft = self.groups.get(group).ok_or("no such group here")?;
+            raft.trigger().elect().await.map_err(|e| e.to_string())?;
+        } else {
+            let mut request = Request::new(warren_proto::raft::RaftRequest {
+                group: group.0,
+                payload: Vec::new(),
+            });
+            request.set_timeout(Duration::from_secs(5));
+            RaftClient::new(self.channel_to(to)?)
+                .elect(request)
+                .await
+                .map_err(|s| format!("node {to}: {}", s.message()))?;
+        }
+        let raft = self.groups.get(group).ok_or("no such group here")?;
+        raft.wait(Some(timeout))
+            .metrics(|m| m.current_leader == Some(to), "the new leader")
+            .await
+            .map(drop)
+            .map_err(|_| format!("node {to} did not become the leader within {timeout:?}"))
+    }
+
     /// Whether this node currently leads `group`.
     pub fn is_leader(&self, group: GroupId) -> bool {
         self.leader(group) == Some(self.id())

@@ -294,6 +294,53 @@ async fn definitions_made_on_one_node_are_seen_on_every_node_and_survive_restart
         .await
         .unwrap_or_else(|e| panic!("alice after the restart: {e}\n{}", cluster.logs()));
     alice.close(200, "bye".into()).await.expect("close");
+
+    // A quorum queue with `x-expires` unused that long is deleted on every node.
+    {
+        let (_c, ch) = channel(cluster.node(1)).await;
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("quorum".into()),
+        );
+        args.insert("x-expires".into(), lapin::types::AMQPValue::LongInt(500));
+        ch.queue_declare(
+            "fleeting".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .expect("declare an expiring quorum queue");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    for id in [3, 2] {
+        loop {
+            let (_c, ch) = channel(cluster.node(id)).await;
+            let passive = ch
+                .queue_declare(
+                    "fleeting".into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            match passive {
+                Err(e) if reply_code(&e) == Some(404) => break,
+                Ok(_) => {}
+                Err(e) => panic!("passive declare: {e}"),
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the expired quorum queue is still on node {id}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// A base port whose derived ports (`+0..n`, `+10008`, `+10018`, `+20000`) are all free.
@@ -453,7 +500,29 @@ async fn a_quorum_queue_loses_nothing_confirmed_when_its_leader_is_killed() {
 
     let mut cluster = Cluster::start(3);
     declare_quorum(cluster.node(1), "orders").await;
+    let first = wait_for_leader(&cluster, 2, "orders").await;
+    // The leadership moves where the operator asks (warrenctl through node 1's admin plane).
+    let target = if first == 3 { 2 } else { 3 };
+    let out = Command::new(warren_tests::warrenctl_binary())
+        .arg("--server")
+        .arg(cluster.node(1).admin_url())
+        .args(["transfer-leadership", "orders", "--to", &target.to_string()])
+        .output()
+        .expect("warrenctl");
+    assert!(
+        out.status.success(),
+        "transfer-leadership: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let leader = wait_for_leader(&cluster, 2, "orders").await;
+    assert_eq!(leader, target, "leadership moved to node {target}");
+    let refused = Command::new(warren_tests::warrenctl_binary())
+        .arg("--server")
+        .arg(cluster.node(1).admin_url())
+        .args(["transfer-leadership", "orders", "--to", "9"])
+        .output()
+        .expect("warrenctl");
+    assert!(!refused.status.success(), "node 9 holds no replica");
     let url = |cluster: &Cluster, id: usize| cluster.node(id).url();
     // Publishers go through node 1 first, the consumer through node 2, each moving on to the
     // next node when theirs dies.

@@ -164,6 +164,31 @@ impl Admin for AdminService {
         ok(nodes)
     }
 
+    async fn transfer_leadership(&self, r: Request<TransferLeadershipRequest>) -> Reply<Empty> {
+        let r = r.into_inner();
+        let vhost = vhost_of(&r.vhost);
+        messages::queue(&self.broker, vhost, &r.queue)?;
+        let (Some(node), Some(q)) = (
+            self.broker.cluster_node(),
+            self.broker.quorum_queue(vhost, &r.queue),
+        ) else {
+            return Err(Status::failed_precondition(format!(
+                "queue '{}' in vhost '{vhost}' is not a quorum queue of a cluster",
+                r.queue
+            )));
+        };
+        if !q.decl.replicas.contains(&r.node) {
+            return Err(Status::invalid_argument(format!(
+                "node {} holds no replica of queue '{}' (replicas: {:?})",
+                r.node, r.queue, q.decl.replicas
+            )));
+        }
+        node.transfer_leadership(q.group(), r.node, std::time::Duration::from_secs(10))
+            .await
+            .map_err(Status::unavailable)?;
+        ok(Empty {})
+    }
+
     async fn declare_exchange(&self, r: Request<DeclareExchangeRequest>) -> Reply<Empty> {
         let r = r.into_inner();
         required("exchange name", &r.name)?;

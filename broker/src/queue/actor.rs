@@ -79,6 +79,7 @@ pub fn serve(
         last_used_ms: now_ms(),
         next_expiry_ms: None,
         fenced: false,
+        deleting: false,
         effects: Vec::new(),
     };
     // The span is attached to the future (never entered across an `.await`).
@@ -102,6 +103,8 @@ struct Actor {
     next_expiry_ms: Option<u64>,
     /// A storage failure stopped this queue from accepting messages.
     fenced: bool,
+    /// A quorum queue's deletion (it expired) was proposed; the cluster will stop this actor.
+    deleting: bool,
     effects: Vec<Effect>,
 }
 
@@ -165,7 +168,7 @@ impl Actor {
             .state
             .args()
             .expires_ms
-            .filter(|_| self.state.consumer_count() == 0)
+            .filter(|_| self.state.consumer_count() == 0 && !self.deleting)
             .map(|ms| self.last_used_ms + ms);
         match (self.next_expiry_ms, expires) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -443,6 +446,17 @@ impl Actor {
             .args()
             .expires_ms
             .is_some_and(|ms| consumers == 0 && now >= self.last_used_ms + ms);
+        if (auto_deleted || expired) && self.broker.is_quorum(&self.vhost, &self.handle) {
+            // A quorum queue is deleted through the cluster's metadata, on every node.
+            if !self.deleting {
+                self.deleting = true;
+                tracing::info!("quorum queue expired: proposing its deletion");
+                let broker = Arc::clone(&self.broker);
+                let (vhost, name) = (self.vhost.name.clone(), self.handle.name().to_string());
+                tokio::spawn(async move { broker.delete_expired_quorum(&vhost, &name).await });
+            }
+            return Flow::Continue;
+        }
         if auto_deleted || expired {
             tracing::debug!(auto_deleted, expired, "queue deletes itself");
             if let Err(error) = self.delete() {

@@ -198,6 +198,20 @@ impl Broker {
         Ok(ready)
     }
 
+    /// Proposes the deletion of a quorum queue that expired (`x-expires`), as its leader saw.
+    pub(crate) async fn delete_expired_quorum(&self, vhost: &str, name: &str) {
+        let Some(node) = self.proposer() else {
+            return;
+        };
+        let op = crate::replication::MetaOp::DeleteQuorumQueue {
+            vhost: vhost.to_string(),
+            name: name.to_string(),
+        };
+        if let Err(refusal) = self.replicate(node, op).await {
+            tracing::warn!(%vhost, queue = %name, %refusal, "deleting an expired quorum queue failed");
+        }
+    }
+
     /// The quorum queue `name` of `vhost`, if it is one.
     pub fn quorum_queue(&self, vhost: &str, name: &str) -> Option<Arc<QuorumQueue>> {
         self.quorum_queues()

@@ -88,6 +88,12 @@ pub enum Command {
         #[command(subcommand)]
         what: Delete,
     },
+    /// Move a quorum queue's leadership to another of its replicas (a node id).  e.g. `warrenctl transfer-leadership orders --to 2`
+    TransferLeadership {
+        queue: String,
+        #[arg(long)]
+        to: u64,
+    },
     /// Drop every ready message of a queue.  e.g. `warrenctl purge jobs`
     Purge { queue: String },
     /// Bind a queue (or exchange) to an exchange.  e.g. `warrenctl bind amq.topic jobs -k 'jobs.#'`

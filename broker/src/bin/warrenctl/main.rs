@@ -220,6 +220,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 out.done(&r, &format!("user '{name}' deleted"));
             }
         },
+        Command::TransferLeadership { queue, to } => {
+            let r = client
+                .transfer_leadership(TransferLeadershipRequest {
+                    vhost,
+                    queue: queue.clone(),
+                    node: to,
+                })
+                .await?
+                .into_inner();
+            out.done(&r, &format!("node {to} now leads queue '{queue}'"));
+        }
         Command::Purge { queue } => {
             let r = client
                 .purge_queue(QueueRef {
