@@ -354,37 +354,54 @@ impl Node {
             })
     }
 
-    /// Moves the leadership of `group` to member `to` (which starts an election; it wins when
-    /// its log is up to date) and waits until this node sees it lead, up to `timeout`.
+    /// Moves the leadership of `group` to member `to` and waits until this node sees it lead,
+    /// up to `timeout`. openraft 0.9 has no leader transfer: `to` is asked to start an
+    /// election, again each election timeout until it leads. Followers refuse to vote while
+    /// the current leader's lease holds, but the candidate's higher term deposes that leader at
+    /// its next heartbeat; the candidate, holding the highest term and an up-to-date log, then
+    /// wins (or, if another node wins the race, it asks again).
     pub async fn transfer_leadership(
         &self,
         group: GroupId,
         to: NodeId,
         timeout: Duration,
     ) -> Result<(), String> {
-        if self.leader(group) == Some(to) {
-            return Ok(());
+        let raft = self.groups.get(group).ok_or("no such group here")?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let round = Duration::from_millis(self.config.election_timeout_max_ms.max(100));
+        loop {
+            if self.leader(group) == Some(to) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "node {to} did not become the leader within {timeout:?}"
+                ));
+            }
+            self.ask_to_elect(group, to).await?;
+            let wait = round.min(deadline - tokio::time::Instant::now());
+            let _ = raft
+                .wait(Some(wait))
+                .metrics(|m| m.current_leader == Some(to), "the new leader")
+                .await;
         }
+    }
+
+    async fn ask_to_elect(&self, group: GroupId, to: NodeId) -> Result<(), String> {
         if to == self.id() {
             let raft = self.groups.get(group).ok_or("no such group here")?;
-            raft.trigger().elect().await.map_err(|e| e.to_string())?;
-        } else {
-            let mut request = Request::new(warren_proto::raft::RaftRequest {
-                group: group.0,
-                payload: Vec::new(),
-            });
-            request.set_timeout(Duration::from_secs(5));
-            RaftClient::new(self.channel_to(to)?)
-                .elect(request)
-                .await
-                .map_err(|s| format!("node {to}: {}", s.message()))?;
+            return raft.trigger().elect().await.map_err(|e| e.to_string());
         }
-        let raft = self.groups.get(group).ok_or("no such group here")?;
-        raft.wait(Some(timeout))
-            .metrics(|m| m.current_leader == Some(to), "the new leader")
+        let mut request = Request::new(warren_proto::raft::RaftRequest {
+            group: group.0,
+            payload: Vec::new(),
+        });
+        request.set_timeout(Duration::from_secs(5));
+        RaftClient::new(self.channel_to(to)?)
+            .elect(request)
             .await
             .map(drop)
-            .map_err(|_| format!("node {to} did not become the leader within {timeout:?}"))
+            .map_err(|s| format!("node {to}: {}", s.message()))
     }
 
     /// Whether this node currently leads `group`.
