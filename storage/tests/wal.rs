@@ -378,3 +378,23 @@ fn prepared_segments_roll_and_survive_crashes() {
     }
     assert!(log.wal().stats().segments > 10);
 }
+
+#[test]
+fn a_second_open_of_a_directory_in_use_is_refused_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = WalConfig::new(dir.path());
+    config.background_maintenance = false;
+    let wal = Wal::open_dir(config.clone()).unwrap();
+    wal.append(Q1, 0, &payload(1, 0, 100)).unwrap();
+    wal.sync().unwrap();
+    let expected = contents(&wal, &[1]);
+    match Wal::open_dir(config.clone()) {
+        Err(warren_storage::StorageError::InUse { path }) => assert!(path.ends_with("LOCK")),
+        Err(other) => panic!("expected InUse, got {other}"),
+        Ok(_) => panic!("a second open of a directory in use succeeded"),
+    }
+    assert_eq!(contents(&wal, &[1]), expected, "the first log is untouched");
+    wal.close().unwrap();
+    let again = Wal::open_dir(config).unwrap();
+    assert_eq!(contents(&again, &[1]), expected, "free again once closed");
+}

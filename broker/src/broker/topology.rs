@@ -176,16 +176,7 @@ impl Broker {
     }
 
     /// Removes every binding to `destination`, then auto-delete exchanges left unused.
-    pub(crate) fn remove_bindings_to_public(
-        &self,
-        state: &mut crate::vhost::VhostState,
-        vhost_name: &str,
-        destination: &Destination,
-    ) -> Result<(), Refusal> {
-        Ok(self.remove_bindings_to(state, vhost_name, destination)?)
-    }
-
-    fn remove_bindings_to(
+    pub(crate) fn remove_bindings_to(
         &self,
         state: &mut crate::vhost::VhostState,
         vhost_name: &str,
@@ -412,11 +403,9 @@ impl Broker {
         let vhost = self.vhost_or_refuse(vhost_name)?;
         if let Some(node) = self.proposer() {
             if self.replicated_destination(&vhost, &binding.destination) {
-                let op = MetaOp::Bind {
-                    vhost: vhost_name.into(),
-                    binding,
-                };
-                return self.replicate(node, op).await.map(drop);
+                return self
+                    .replicate_binding(node, vhost_name, binding, true)
+                    .await;
             }
             if !vhost.read().exchanges.contains_key(&binding.source) {
                 self.catch_up().await;
@@ -477,11 +466,9 @@ impl Broker {
         let vhost = self.vhost_or_refuse(vhost_name)?;
         if let Some(node) = self.proposer() {
             if self.replicated_destination(&vhost, &binding.destination) {
-                let op = MetaOp::Unbind {
-                    vhost: vhost_name.into(),
-                    binding,
-                };
-                return self.replicate(node, op).await.map(drop);
+                return self
+                    .replicate_binding(node, vhost_name, binding, false)
+                    .await;
             }
         }
         let _ddl = self.ddl.lock().await;
@@ -546,6 +533,23 @@ impl Broker {
             Destination::Exchange(_) => true,
             Destination::Queue(q) => self.quorum_queue(&vhost.name, q).is_some(),
         }
+    }
+
+    /// Proposes a binding (`add`) or its removal to the metadata group.
+    async fn replicate_binding(
+        &self,
+        node: &warren_cluster::node::Node,
+        vhost_name: &str,
+        binding: Binding,
+        add: bool,
+    ) -> Result<(), Refusal> {
+        let vhost = vhost_name.to_string();
+        let op = if add {
+            MetaOp::Bind { vhost, binding }
+        } else {
+            MetaOp::Unbind { vhost, binding }
+        };
+        self.replicate(node, op).await.map(drop)
     }
 
     /// Proposes a new quorum queue to the metadata group.

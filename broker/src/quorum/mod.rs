@@ -192,7 +192,7 @@ impl Broker {
                 state.queues.remove(name);
             }
             let gone = Destination::Queue(name.to_string());
-            self.remove_bindings_to_public(&mut state, vhost_name, &gone)?;
+            self.remove_bindings_to(&mut state, vhost_name, &gone)?;
         }
         tracing::info!(vhost = %vhost_name, queue = %name, "quorum queue deleted");
         Ok(ready)
