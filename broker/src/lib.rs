@@ -12,7 +12,8 @@
 //! - [`message`]: messages and their log records; [`delivery`]: queue → connection events.
 //! - [`definitions`]: durable definitions in the log's key-value namespace.
 //! - [`replication`]: cluster metadata through the metadata raft group.
-//! - [`quorum`]: quorum queues, replicated by their own raft groups.
+//! - [`quorum`]: quorum queues, replicated by their own raft groups; [`membership`]: adding
+//!   and removing cluster members.
 //! - [`auth`]: users, password hashes, permissions.
 //! - [`admin`]: the gRPC admin plane (the control bus); [`metrics`]: Prometheus `/metrics`;
 //!   [`statistics`]: counters and rates.
@@ -32,6 +33,7 @@ pub mod delivery;
 pub mod error;
 pub mod exchange;
 pub mod message;
+pub mod membership;
 pub mod metrics;
 pub mod queue;
 pub mod quorum;

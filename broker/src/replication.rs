@@ -29,7 +29,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use warren_cluster::node::Node;
 use warren_cluster::state_machine::ReplicatedState;
-use warren_cluster::types::GroupId;
+use crate::quorum::QuorumDecl;
+use warren_cluster::types::{GroupId, NodeId};
 
 /// The metadata group's id (and log stream). Durable classic queues take streams counted up
 /// from 1, raft groups live far above them.
@@ -105,6 +106,12 @@ pub enum MetaOp {
     DeleteQuorumQueue {
         vhost: String,
         name: String,
+    },
+    /// A quorum queue's replicas changed (a member is being removed).
+    SetQuorumReplicas {
+        vhost: String,
+        name: String,
+        replicas: Vec<NodeId>,
     },
 }
 
@@ -339,6 +346,14 @@ impl Broker {
                 .delete_quorum_here(&vhost, &name)
                 .await
                 .map(|_| MetaOk::Done),
+            MetaOp::SetQuorumReplicas {
+                vhost,
+                name,
+                replicas,
+            } => self
+                .set_quorum_replicas_here(&vhost, &name, replicas)
+                .await
+                .map(|_| MetaOk::Done),
         }
     }
 
@@ -415,9 +430,21 @@ impl Broker {
             }
         }
         for (key, q) in &current.quorum_queues {
-            if target.quorum_queues.get(key) != Some(q) {
-                if let Err(r) = self.delete_quorum_here(&key.0, &key.1).await {
-                    log("quorum queue", r);
+            match target.quorum_queues.get(key) {
+                Some(t) if t == q => {}
+                // The same queue with other replicas: moved, not recreated.
+                Some(t) if QuorumDecl { replicas: q.replicas.clone(), ..t.clone() } == *q => {
+                    if let Err(r) = self
+                        .set_quorum_replicas_here(&key.0, &key.1, t.replicas.clone())
+                        .await
+                    {
+                        log("quorum queue", r);
+                    }
+                }
+                _ => {
+                    if let Err(r) = self.delete_quorum_here(&key.0, &key.1).await {
+                        log("quorum queue", r);
+                    }
                 }
             }
         }
@@ -480,8 +507,9 @@ impl Broker {
                 log("exchange", r);
             }
         }
+        let now = self.replicated_definitions().quorum_queues;
         for (key, q) in target.quorum_queues {
-            if current.quorum_queues.get(&key) != Some(&q) {
+            if now.get(&key) != Some(&q) {
                 if let Err(r) = self.declare_quorum_here(q).await {
                     log("quorum queue", r);
                 }

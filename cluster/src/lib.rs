@@ -13,6 +13,7 @@
 //!   server side routing each request to its group.
 //!
 //! - [`node`]: a node's groups, its configuration, and proposals forwarded to a group's leader.
+//! - [`membership`]: adding and removing a group's voters, and the node's address book.
 //!
 //! The state machines themselves (cluster metadata, quorum queues) live in the broker, which
 //! implements [`state_machine::ReplicatedState`] for them. This crate depends on `storage` and `proto` only
@@ -24,6 +25,7 @@
 
 mod codec;
 pub mod log_store;
+pub mod membership;
 pub mod network;
 pub mod node;
 pub mod state_machine;

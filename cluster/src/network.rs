@@ -7,6 +7,7 @@
 //! - [`Groups`] and [`RaftService`]: the server side, routing each request to its group.
 
 use crate::codec::{decode, encode};
+use crate::membership::{apply_voters, AddressBook, Outcome};
 use crate::types::{Command, GroupId, NodeId, TypeConfig};
 use openraft::error::{
     ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError,
@@ -19,14 +20,16 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, Raft};
 use serde::{de::DeserializeOwned, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 use warren_proto::raft::raft_client::RaftClient;
 use warren_proto::raft::raft_server::{Raft as RaftRpc, RaftServer};
-use warren_proto::raft::{ProposeReply, ProposeRequest, RaftReply, RaftRequest};
+use warren_proto::raft::{
+    MembershipReply, MembershipRequest, ProposeReply, ProposeRequest, RaftReply, RaftRequest,
+};
 
 /// How long connecting to a peer may take before the call counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -60,7 +63,7 @@ pub struct GroupNetwork {
     /// This node's own view of its peers' addresses; they win over the addresses recorded in
     /// the group's membership (written by whichever node bootstrapped it), so each node's
     /// configuration decides how it reaches the others.
-    addresses: Arc<BTreeMap<NodeId, String>>,
+    addresses: AddressBook,
 }
 
 impl GroupNetwork {
@@ -68,12 +71,12 @@ impl GroupNetwork {
         GroupNetwork {
             group,
             peers,
-            addresses: Arc::default(),
+            addresses: AddressBook::default(),
         }
     }
 
     /// With this node's address book.
-    pub fn with_addresses(mut self, addresses: Arc<BTreeMap<NodeId, String>>) -> GroupNetwork {
+    pub fn with_addresses(mut self, addresses: AddressBook) -> GroupNetwork {
         self.addresses = addresses;
         self
     }
@@ -88,8 +91,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
             target,
             addr: self
                 .addresses
-                .get(&target)
-                .cloned()
+                .get(target)
                 .unwrap_or_else(|| node.addr.clone()),
             peers: self.peers.clone(),
         }
@@ -301,6 +303,29 @@ impl RaftRpc for RaftService {
         Ok(Response::new(RaftReply {
             payload: Vec::new(),
         }))
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<MembershipRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
+        let request = request.into_inner();
+        let raft = self.groups.get(GroupId(request.group)).ok_or_else(|| {
+            Status::not_found(format!("no raft group {} on this node", request.group))
+        })?;
+        let voters: BTreeSet<NodeId> = request.voters.into_iter().collect();
+        let addresses: BTreeMap<NodeId, String> = request.addresses.into_iter().collect();
+        match apply_voters(&raft, &voters, &addresses).await {
+            Outcome::Done => Ok(Response::new(MembershipReply {
+                applied: true,
+                leader: 0,
+            })),
+            Outcome::NotLeader(leader) => Ok(Response::new(MembershipReply {
+                applied: false,
+                leader: leader.unwrap_or(0),
+            })),
+            Outcome::Failed(why) => Err(Status::unavailable(why)),
+        }
     }
 
     async fn propose(

@@ -12,18 +12,19 @@
 //!   client who saw a declaration confirmed on this node sees it here too.
 
 use crate::log_store::WalLogStore;
+use crate::membership::{apply_voters, AddressBook, Outcome};
 use crate::network::{GroupNetwork, Groups, Peers};
 use crate::state_machine::{GroupStateMachine, ReplicatedState};
 use crate::types::{Command, GroupId, NodeId, TypeConfig};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::Request;
 use warren_proto::raft::raft_client::RaftClient;
-use warren_proto::raft::ProposeRequest;
+use warren_proto::raft::{MembershipRequest, ProposeRequest};
 use warren_storage::Wal;
 
 /// The cluster section of a node's configuration.
@@ -40,6 +41,9 @@ pub struct ClusterConfig {
     /// A follower that heard no heartbeat for a random time in this range starts an election.
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
+    /// This node joins a running cluster (an operator adds it with `warrenctl add-member`): it
+    /// never initializes the metadata group itself, even when it has the lowest id listed.
+    pub join: bool,
 }
 
 impl Default for ClusterConfig {
@@ -50,6 +54,7 @@ impl Default for ClusterConfig {
             heartbeat_ms: 500,
             election_timeout_min_ms: 1500,
             election_timeout_max_ms: 3000,
+            join: false,
         }
     }
 }
@@ -117,7 +122,7 @@ pub struct Node {
     wal: Arc<Wal>,
     peers: Peers,
     groups: Groups,
-    addresses: Arc<BTreeMap<NodeId, String>>,
+    addresses: AddressBook,
 }
 
 /// What one attempt at a proposal learned.
@@ -143,7 +148,7 @@ impl Node {
         .validate()
         .map_err(|e| e.to_string())?;
         Ok(Node {
-            addresses: Arc::new(config.members.clone()),
+            addresses: AddressBook::new(config.members.clone()),
             config: Arc::new(config),
             raft_config: Arc::new(raft_config),
             wal,
@@ -167,35 +172,40 @@ impl Node {
     /// The members as openraft wants them.
     pub fn member_nodes(&self, ids: &[NodeId]) -> BTreeMap<NodeId, BasicNode> {
         ids.iter()
-            .filter_map(|id| {
-                self.config
-                    .members
-                    .get(id)
-                    .map(|addr| (*id, BasicNode::new(addr)))
-            })
+            .filter_map(|id| self.address(*id).map(|addr| (*id, BasicNode::new(addr))))
             .collect()
     }
 
+    /// How this node reaches member `id`.
+    pub fn address(&self, id: NodeId) -> Option<String> {
+        self.addresses.get(id)
+    }
+
+    pub fn address_book(&self) -> &AddressBook {
+        &self.addresses
+    }
+
     /// Opens (or resumes) a group with `state` and registers it. When the group has never been
-    /// initialized and this node is `replicas`' first (lowest id), it proposes the initial
-    /// membership; the others wait to hear from it.
+    /// initialized and this node is its `bootstrapper`, it proposes the initial membership
+    /// (`replicas`); the others wait to hear from the group's leader (a member added to a
+    /// running group has no bootstrapper: the leader brings it in).
     pub async fn start_group<S: ReplicatedState>(
         &self,
         group: GroupId,
         replicas: &[NodeId],
+        bootstrapper: Option<NodeId>,
         state: S,
     ) -> Result<Raft<TypeConfig>, String> {
         let log = WalLogStore::open(Arc::clone(&self.wal), group).map_err(|e| e.to_string())?;
         let sm = GroupStateMachine::open(Arc::clone(&self.wal), group, state)
             .await
             .map_err(|e| e.to_string())?;
-        let network = GroupNetwork::new(group, self.peers.clone())
-            .with_addresses(Arc::clone(&self.addresses));
+        let network =
+            GroupNetwork::new(group, self.peers.clone()).with_addresses(self.addresses.clone());
         let raft = Raft::new(self.id(), Arc::clone(&self.raft_config), network, log, sm)
             .await
             .map_err(|e| e.to_string())?;
         self.groups.insert(group, raft.clone());
-        let bootstrapper = replicas.iter().min().copied();
         if bootstrapper == Some(self.id())
             && !raft.is_initialized().await.map_err(|e| e.to_string())?
         {
@@ -290,10 +300,10 @@ impl Node {
 
     /// Sends a proposal to the node believed to lead the group.
     async fn forward(&self, group: GroupId, leader: NodeId, command: Vec<u8>) -> Attempt {
-        let Some(addr) = self.config.members.get(&leader) else {
-            return Attempt::Retry(None, format!("leader {leader} is not a configured member"));
+        let Some(addr) = self.address(leader) else {
+            return Attempt::Retry(None, format!("no address for leader {leader}"));
         };
-        let channel = match self.peers.channel(addr) {
+        let channel = match self.peers.channel(&addr) {
             Ok(c) => c,
             Err(e) => return Attempt::Retry(None, e.to_string()),
         };
@@ -328,11 +338,9 @@ impl Node {
     /// cluster listener.
     pub fn channel_to(&self, id: NodeId) -> Result<tonic::transport::Channel, String> {
         let addr = self
-            .config
-            .members
-            .get(&id)
+            .address(id)
             .ok_or_else(|| format!("node {id} is not a member"))?;
-        self.peers.channel(addr).map_err(|e| e.to_string())
+        self.peers.channel(&addr).map_err(|e| e.to_string())
     }
 
     /// Waits until this node's replica of `group` applied entry `index`.
@@ -352,6 +360,128 @@ impl Node {
                 waited: timeout,
                 last: e.to_string(),
             })
+    }
+
+    /// Makes `voters` the voters of `group`, at its leader (here or forwarded), within
+    /// `deadline`: new members (reached at `addresses`) join as learners, catch up, then vote;
+    /// members left out leave the group.
+    pub async fn change_voters(
+        &self,
+        group: GroupId,
+        voters: BTreeSet<NodeId>,
+        addresses: BTreeMap<NodeId, String>,
+        deadline: Duration,
+    ) -> Result<(), String> {
+        self.addresses
+            .learn(addresses.iter().map(|(id, a)| (*id, a.as_str())));
+        let until = tokio::time::Instant::now() + deadline;
+        let mut hint: Option<NodeId> = None;
+        let mut last;
+        loop {
+            let raft = self.groups.get(group).ok_or("no such group here")?;
+            let leader = hint
+                .take()
+                .or_else(|| raft.metrics().borrow().current_leader);
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            let attempt = match leader {
+                Some(l) if l == self.id() => {
+                    tokio::time::timeout(left, apply_voters(&raft, &voters, &addresses))
+                        .await
+                        .unwrap_or_else(|_| Outcome::Failed("timed out".into()))
+                }
+                Some(l) => self.forward_voters(group, l, &voters, &addresses, left).await,
+                None => Outcome::Failed("no leader known".into()),
+            };
+            match attempt {
+                Outcome::Done => return Ok(()),
+                Outcome::NotLeader(next) => {
+                    hint = next;
+                    last = "leadership moved".into();
+                }
+                Outcome::Failed(why) => last = why,
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(format!("membership change not done within {deadline:?}: {last}"));
+            }
+            if hint.is_none() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    async fn forward_voters(
+        &self,
+        group: GroupId,
+        leader: NodeId,
+        voters: &BTreeSet<NodeId>,
+        addresses: &BTreeMap<NodeId, String>,
+        left: Duration,
+    ) -> Outcome {
+        let channel = match self.channel_to(leader) {
+            Ok(c) => c,
+            Err(e) => return Outcome::Failed(e),
+        };
+        let mut request = Request::new(MembershipRequest {
+            group: group.0,
+            voters: voters.iter().copied().collect(),
+            addresses: addresses.iter().map(|(k, v)| (*k, v.clone())).collect(),
+        });
+        request.set_timeout(left.max(Duration::from_millis(100)));
+        match RaftClient::new(channel).change_membership(request).await {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                if reply.applied {
+                    Outcome::Done
+                } else {
+                    Outcome::NotLeader((reply.leader != 0).then_some(reply.leader))
+                }
+            }
+            Err(status) => Outcome::Failed(format!("node {leader}: {}", status.message())),
+        }
+    }
+
+    /// The voters of `group` as this node knows them, with their addresses.
+    pub fn group_members(&self, group: GroupId) -> BTreeMap<NodeId, String> {
+        let Some(raft) = self.groups.get(group) else {
+            return BTreeMap::new();
+        };
+        let recorded = crate::membership::nodes(&raft);
+        crate::membership::voters(&raft)
+            .into_iter()
+            .map(|id| {
+                let addr = self
+                    .address(id)
+                    .or_else(|| recorded.get(&id).cloned())
+                    .unwrap_or_default();
+                (id, addr)
+            })
+            .collect()
+    }
+
+    /// Keeps the address book up to date with the members of `group` (the metadata group,
+    /// whose membership is the cluster's), as long as the group runs.
+    pub fn follow_addresses(&self, group: GroupId) {
+        let Some(raft) = self.groups.get(group) else {
+            return;
+        };
+        let book = self.addresses.clone();
+        let mut metrics = raft.server_metrics();
+        tokio::spawn(async move {
+            loop {
+                {
+                    let m = metrics.borrow_and_update();
+                    book.learn(
+                        m.membership_config
+                            .membership()
+                            .nodes()
+                            .map(|(id, n)| (*id, n.addr.as_str())),
+                    );
+                }
+                if metrics.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
     }
 
     /// Moves the leadership of `group` to member `to` and waits until this node sees it lead,

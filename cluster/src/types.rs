@@ -41,3 +41,6 @@ pub struct GroupId(pub u64);
 
 /// One raft group's handle.
 pub type GroupRaft = openraft::Raft<TypeConfig>;
+
+/// What a group reports of its membership and leadership (a watch of it follows changes).
+pub type ServerMetrics = openraft::metrics::RaftServerMetrics<NodeId, openraft::BasicNode>;

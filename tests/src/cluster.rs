@@ -18,6 +18,10 @@ pub struct Cluster {
     nodes: Vec<Warren>,
     /// `(from, to)` → the proxy node `from` dials to reach node `to` (partitionable clusters).
     links: std::collections::BTreeMap<(usize, usize), crate::proxy::Proxy>,
+    /// Each node's raft port.
+    raft_ports: Vec<u16>,
+    /// Nodes launched to join, not ready yet.
+    joining: std::collections::BTreeMap<usize, std::process::Child>,
     _temp: tempfile::TempDir,
     /// Clusters of one test process run one at a time (three nodes each on two cores).
     _serial: std::sync::MutexGuard<'static, ()>,
@@ -38,8 +42,8 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 
 /// Node `id`'s configuration: `members[j]` is the port it dials to reach node `j` (its own
 /// is the port it listens on).
-fn write_config(path: &Path, id: usize, members: &[u16]) {
-    let mut text = format!("node_name = \"warren-{id}@localhost\"\n\n[cluster]\nnode_id = {id}\n{TIMINGS}\n[cluster.members]\n");
+fn write_config(path: &Path, id: usize, members: &[u16], join: bool) {
+    let mut text = format!("node_name = \"warren-{id}@localhost\"\n\n[cluster]\nnode_id = {id}\njoin = {join}\n{TIMINGS}\n[cluster.members]\n");
     for (i, port) in members.iter().enumerate() {
         text.push_str(&format!("{} = \"127.0.0.1:{port}\"\n", i + 1));
     }
@@ -89,7 +93,7 @@ impl Cluster {
                     None => raft_ports[to - 1],
                 })
                 .collect();
-            write_config(&config, id, &members);
+            write_config(&config, id, &members, false);
             nodes.push(Warren {
                 child: None,
                 addr: format!("127.0.0.1:{}", amqp_ports[id - 1])
@@ -106,6 +110,8 @@ impl Cluster {
         let mut cluster = Cluster {
             nodes,
             links,
+            raft_ports: raft_ports.to_vec(),
+            joining: Default::default(),
             _temp: temp,
             _serial: serial,
         };
@@ -139,6 +145,40 @@ impl Cluster {
         for (id, child) in launched {
             self.nodes[id - 1].await_ready(child);
         }
+    }
+
+    /// Launches a new node (the next id) configured to join the cluster (`cluster.join`,
+    /// every member's address and its own). It becomes ready once a member adds it: returns
+    /// its id and raft address; [`Cluster::await_joined`] waits for it.
+    pub fn launch_joining(&mut self) -> (usize, String) {
+        assert!(self.links.is_empty(), "joining a partitionable cluster");
+        let id = self.nodes.len() + 1;
+        let ports = free_ports(2);
+        self.raft_ports.push(ports[0]);
+        let dir = self._temp.path().join(format!("node-{id}"));
+        std::fs::create_dir_all(&dir).expect("node dir");
+        let config = dir.join("warren.toml");
+        write_config(&config, id, &self.raft_ports, true);
+        let mut node = Warren {
+            child: None,
+            addr: format!("127.0.0.1:{}", ports[1]).parse().expect("address"),
+            admin_addr: None,
+            metrics_addr: None,
+            data_dir: dir.join("data"),
+            extra_args: vec!["--config".into(), config.display().to_string()],
+            fixed_port: true,
+            _temp: None,
+        };
+        let child = node.launch();
+        self.nodes.push(node);
+        self.joining.insert(id, child);
+        (id, format!("127.0.0.1:{}", ports[0]))
+    }
+
+    /// Waits for a node launched by [`Cluster::launch_joining`] to be ready.
+    pub fn await_joined(&mut self, id: usize) {
+        let child = self.joining.remove(&id).expect("a joining node");
+        self.nodes[id - 1].await_ready(child);
     }
 
     /// SIGTERM to every running node, then starts them all again on their data.

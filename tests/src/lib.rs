@@ -36,6 +36,12 @@ pub fn workspace_root() -> PathBuf {
 pub fn warren_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
+        // A soak run may test binaries built once, while the tree changes under it.
+        if let Some(dir) = std::env::var_os("WARREN_BIN_DIR") {
+            let path = PathBuf::from(dir).join("warren");
+            assert!(path.exists(), "{} missing (WARREN_BIN_DIR)", path.display());
+            return path;
+        }
         let root = workspace_root();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
@@ -60,8 +66,7 @@ pub fn warren_binary() -> &'static Path {
 
 /// Path of the `warrenctl` binary (built with `warren`).
 pub fn warrenctl_binary() -> PathBuf {
-    warren_binary();
-    release_dir().join("warrenctl")
+    warren_binary().with_file_name("warrenctl")
 }
 
 fn release_dir() -> PathBuf {

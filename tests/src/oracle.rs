@@ -24,6 +24,31 @@ struct Records {
     received: HashMap<u64, u32>,
     /// Received again without `redelivered`.
     unmarked_repeats: BTreeSet<u64>,
+    /// Each reception: (node index in the consumer's list, redelivered, delivery tag, when).
+    history: HashMap<u64, Vec<(usize, bool, u64, String)>>,
+    /// What the consumer did, with when.
+    trail: Vec<String>,
+}
+
+/// The time of day (UTC) as the brokers' logs print it.
+fn clock() -> String {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let day = since.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        day / 3600,
+        day / 60 % 60,
+        day % 60,
+        since.subsec_millis()
+    )
+}
+
+impl Records {
+    fn note(&mut self, what: String) {
+        self.trail.push(format!("{} {what}", clock()));
+    }
 }
 
 /// What a run established.
@@ -79,6 +104,20 @@ impl Oracle {
         r.confirmed.iter().all(|id| r.received.contains_key(id))
     }
 
+    /// What the consumer did, and how the first repeats without `redelivered` were received
+    /// (for a failure's message).
+    pub fn details(&self) -> String {
+        let r = self.records();
+        let mut out = format!("consumer trail:\n  {}\n", r.trail.join("\n  "));
+        for id in r.unmarked_repeats.iter().take(5) {
+            out.push_str(&format!(
+                "id {id} received (node index, redelivered, delivery tag, at): {:?}\n",
+                r.history.get(id)
+            ));
+        }
+        out
+    }
+
     pub fn report(&self) -> Report {
         let r = self.records();
         Report {
@@ -118,6 +157,25 @@ async fn connect(url: &str) -> Option<Connection> {
     .ok()
 }
 
+/// How long the checker waits for one AMQP method's reply before it gives up on the node
+/// (a consume may wait through an election; a dead connection never answers).
+const REPLY_WITHIN: Duration = Duration::from_secs(10);
+
+/// A lapin call's result within [`REPLY_WITHIN`].
+async fn bounded<T>(call: impl std::future::Future<Output = lapin::Result<T>>) -> Option<T> {
+    tokio::time::timeout(REPLY_WITHIN, call).await.ok()?.ok()
+}
+
+/// Closes a connection, not waiting for long: lapin may wait for ever for the close-ok of a
+/// connection whose broker was killed.
+async fn close(connection: Connection) {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        connection.close(200, "done".into()),
+    )
+    .await;
+}
+
 /// Publishes ids `from..to` to `queue` with confirms (a window of `window` in flight),
 /// through `urls[0]` first and the next on any failure, until done or `stop`.
 pub async fn publish(
@@ -137,13 +195,12 @@ pub async fn publish(
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let Ok(channel) = connection.create_channel().await else {
+        let Some(channel) = bounded(connection.create_channel()).await else {
             continue;
         };
-        if channel
-            .confirm_select(ConfirmSelectOptions::default())
+        if bounded(channel.confirm_select(ConfirmSelectOptions::default()))
             .await
-            .is_err()
+            .is_none()
         {
             continue;
         }
@@ -153,44 +210,44 @@ pub async fn publish(
             let id = next;
             next += 1;
             oracle.records().published.insert(id);
-            match channel
-                .basic_publish(
-                    "".into(),
-                    queue.as_str().into(),
-                    BasicPublishOptions::default(),
-                    id.to_string().as_bytes(),
-                    persistent(),
-                )
-                .await
+            match bounded(channel.basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                id.to_string().as_bytes(),
+                persistent(),
+            ))
+            .await
             {
-                Ok(confirm) => in_flight.push_back((id, confirm)),
-                Err(_) => failed = true,
+                Some(confirm) => in_flight.push_back((id, confirm)),
+                None => failed = true,
             }
             while in_flight.len() >= window || (failed && !in_flight.is_empty()) {
                 let (id, confirm) = in_flight.pop_front().expect("non-empty");
-                match confirm.await {
-                    Ok(c) if c.is_ack() => {
+                // An answer that never comes leaves the outcome unknown (not confirmed).
+                match bounded(confirm).await {
+                    Some(c) if c.is_ack() => {
                         oracle.records().confirmed.insert(id);
                     }
-                    Ok(_) => {
+                    Some(_) => {
                         oracle.records().nacked.insert(id);
                     }
-                    Err(_) => failed = true,
+                    None => failed = true,
                 }
             }
         }
         for (id, confirm) in in_flight {
-            match confirm.await {
-                Ok(c) if c.is_ack() => {
+            match bounded(confirm).await {
+                Some(c) if c.is_ack() => {
                     oracle.records().confirmed.insert(id);
                 }
-                Ok(_) => {
+                Some(_) => {
                     oracle.records().nacked.insert(id);
                 }
-                Err(_) => {}
+                None => {}
             }
         }
-        let _ = connection.close(200, "done".into()).await;
+        close(connection).await;
     }
 }
 
@@ -199,46 +256,71 @@ pub async fn publish(
 pub async fn consume(oracle: Oracle, urls: Vec<String>, queue: String, stop: Arc<AtomicBool>) {
     let mut at = 0usize;
     while !stop.load(Ordering::Relaxed) {
-        let url = &urls[at % urls.len()];
+        let node = at % urls.len();
+        let url = &urls[node];
         let Some(connection) = connect(url).await else {
+            oracle.records().note(format!("node {node}: cannot connect"));
             at += 1;
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let Ok(channel) = connection.create_channel().await else {
+        let Some(channel) = bounded(connection.create_channel()).await else {
+            oracle.records().note(format!("node {node}: no channel"));
             at += 1;
             continue;
         };
-        let _ = channel.basic_qos(200, BasicQosOptions::default()).await;
-        let Ok(mut consumer) = channel
-            .basic_consume(
-                queue.as_str().into(),
-                "oracle".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
+        let _ = bounded(channel.basic_qos(200, BasicQosOptions::default())).await;
+        let Some(mut consumer) = bounded(channel.basic_consume(
+            queue.as_str().into(),
+            "oracle".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ))
+        .await
         else {
+            oracle.records().note(format!("node {node}: consume refused or unanswered"));
             at += 1;
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        oracle.records().note(format!("node {node}: consuming"));
         loop {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
             let next = tokio::time::timeout(Duration::from_millis(200), consumer.next()).await;
             let delivery = match next {
+                // lapin does not always end a consumer's stream when its connection dies (a
+                // SIGKILLed broker): ask the connection itself.
+                Err(_) if !connection.status().connected() || !channel.status().connected() => {
+                    oracle.records().note(format!("node {node}: connection lost"));
+                    break;
+                }
                 Err(_) => continue,
                 Ok(Some(Ok(d))) => d,
                 // Cancelled by the broker, or the connection failed: consume again.
-                Ok(_) => break,
+                Ok(other) => {
+                    let why = match other {
+                        None => "cancelled".to_string(),
+                        Some(Err(e)) => e.to_string(),
+                        Some(Ok(_)) => unreachable!("matched above"),
+                    };
+                    oracle.records().note(format!("node {node}: consumer ended: {why}"));
+                    break;
+                }
             };
             if let Some(id) = std::str::from_utf8(&delivery.data)
                 .ok()
                 .and_then(|s| s.parse::<u64>().ok())
             {
                 let mut r = oracle.records();
+                let at = clock();
+                r.history.entry(id).or_default().push((
+                    node,
+                    delivery.redelivered,
+                    delivery.delivery_tag,
+                    at,
+                ));
                 let seen = r.received.entry(id).or_insert(0);
                 *seen += 1;
                 if *seen > 1 && !delivery.redelivered {
@@ -251,9 +333,10 @@ pub async fn consume(oracle: Oracle, urls: Vec<String>, queue: String, stop: Arc
                 .await
                 .is_err()
             {
+                oracle.records().note(format!("node {node}: ack failed"));
                 break;
             }
         }
-        let _ = connection.close(200, "done".into()).await;
+        close(connection).await;
     }
 }

@@ -86,7 +86,30 @@ fn binding(spec: &BindingSpec) -> Result<Binding, Status> {
     })
 }
 
+/// A membership change's failure as a gRPC status.
+fn membership_status(e: crate::membership::MembershipError) -> Status {
+    use crate::membership::MembershipError as E;
+    match e {
+        E::NotClustered | E::Precondition(_) => Status::failed_precondition(e.to_string()),
+        E::Invalid(_) => Status::invalid_argument(e.to_string()),
+        E::NotFound(_) => Status::not_found(e.to_string()),
+        E::Unavailable(_) => Status::unavailable(e.to_string()),
+    }
+}
+
 impl AdminService {
+    /// The nodes, this one with the listeners this service knows.
+    async fn nodes(&self) -> NodeList {
+        let mut nodes = statistics::list_nodes(&self.broker, &self.admin_listen).await;
+        let me = self.broker.cluster_node().map_or(0, |n| n.id());
+        for n in &mut nodes.nodes {
+            if n.node_id == me {
+                n.amqp_listen = self.amqp_listen.clone();
+            }
+        }
+        nodes
+    }
+
     async fn pause(&self, q: QueueRef, paused: bool) -> Reply<Empty> {
         let queue = messages::queue(&self.broker, vhost_of(&q.vhost), &q.name)?;
         queue
@@ -157,11 +180,26 @@ impl Admin for AdminService {
     }
 
     async fn list_nodes(&self, _: Request<ListNodesRequest>) -> Reply<NodeList> {
-        let mut nodes = statistics::list_nodes(&self.broker, &self.admin_listen);
-        for n in &mut nodes.nodes {
-            n.amqp_listen = self.amqp_listen.clone();
-        }
-        ok(nodes)
+        ok(self.nodes().await)
+    }
+
+    async fn add_member(&self, r: Request<AddMemberRequest>) -> Reply<NodeList> {
+        let r = r.into_inner();
+        required("address", &r.address)?;
+        self.broker
+            .add_member(r.node_id, &r.address)
+            .await
+            .map_err(membership_status)?;
+        ok(self.nodes().await)
+    }
+
+    async fn remove_member(&self, r: Request<RemoveMemberRequest>) -> Reply<NodeList> {
+        let r = r.into_inner();
+        self.broker
+            .remove_member(r.node_id)
+            .await
+            .map_err(membership_status)?;
+        ok(self.nodes().await)
     }
 
     async fn transfer_leadership(&self, r: Request<TransferLeadershipRequest>) -> Reply<Empty> {

@@ -151,7 +151,7 @@ fn placement(broker: &Broker, q: &crate::queue::QueueHandle) -> (String, Vec<Str
         return (me.clone(), vec![me]);
     };
     let name = |id: u64| {
-        let addr = node.config().members.get(&id).cloned().unwrap_or_default();
+        let addr = node.address(id).unwrap_or_default();
         format!("node {id} ({addr})")
     };
     let leader = node.leader(quorum.group()).map(name).unwrap_or_default();
@@ -331,16 +331,69 @@ pub fn list_vhosts(broker: &Broker) -> proto::VhostList {
     proto::VhostList { vhosts: out }
 }
 
-/// This node (the cluster's members arrive with replication).
-pub fn list_nodes(broker: &Broker, admin_listen: &str) -> proto::NodeList {
-    proto::NodeList {
-        nodes: vec![proto::NodeInfo {
-            name: broker.config.node_name.clone(),
-            amqp_listen: broker.config.amqp.listen.to_string(),
-            admin_listen: admin_listen.to_string(),
-            running: true,
-            uptime_ms: broker.started.elapsed().as_millis() as u64,
-            role: "standalone".into(),
-        }],
+/// This node, and on a cluster every member: its role in the metadata group and whether its
+/// raft address accepts a connection now (what this node knows of other members: their AMQP
+/// and admin listeners are their own).
+pub async fn list_nodes(broker: &Broker, admin_listen: &str) -> proto::NodeList {
+    let mut me = proto::NodeInfo {
+        name: broker.config.node_name.clone(),
+        amqp_listen: broker.config.amqp.listen.to_string(),
+        admin_listen: admin_listen.to_string(),
+        running: true,
+        uptime_ms: broker.started.elapsed().as_millis() as u64,
+        role: "standalone".into(),
+        node_id: 0,
+        cluster_address: String::new(),
+        reachable: true,
+    };
+    let Some(node) = broker.cluster_node() else {
+        return proto::NodeList { nodes: vec![me] };
+    };
+    let leader = node.leader(crate::replication::META_GROUP);
+    let role = |id: u64| {
+        if leader == Some(id) { "leader" } else { "follower" }.to_string()
+    };
+    let mut members = broker.cluster_members();
+    if members.is_empty() {
+        // Not (yet) a member: a joining node waiting to be added.
+        members.insert(node.id(), node.address(node.id()).unwrap_or_default());
     }
+    let mut probes = tokio::task::JoinSet::new();
+    for (id, addr) in members {
+        let local = id == node.id();
+        probes.spawn(async move {
+            let reachable = local
+                || tokio::time::timeout(
+                    std::time::Duration::from_millis(300),
+                    tokio::net::TcpStream::connect(addr.clone()),
+                )
+                .await
+                .is_ok_and(|c| c.is_ok());
+            (id, addr, reachable)
+        });
+    }
+    let mut probed: Vec<(u64, String, bool)> = probes.join_all().await;
+    probed.sort();
+    let mut nodes = Vec::new();
+    for (id, addr, reachable) in probed {
+        if id == node.id() {
+            me.node_id = id;
+            me.cluster_address = addr;
+            me.role = role(id);
+            nodes.push(me.clone());
+        } else {
+            nodes.push(proto::NodeInfo {
+                name: format!("node {id}"),
+                amqp_listen: String::new(),
+                admin_listen: String::new(),
+                running: reachable,
+                uptime_ms: 0,
+                role: role(id),
+                node_id: id,
+                cluster_address: addr,
+                reachable,
+            });
+        }
+    }
+    proto::NodeList { nodes }
 }

@@ -139,13 +139,23 @@ impl Broker {
         crate::replication::serve_node(&broker, &node).await?;
         let _ = broker.cluster.set(node.clone());
         let members: Vec<u64> = node.config().members.keys().copied().collect();
+        // A new cluster's metadata group is initialized by its lowest member; a joining node
+        // waits to be added.
+        let bootstrapper = (!node.config().join)
+            .then(|| members.iter().min().copied())
+            .flatten();
+        if node.config().join {
+            tracing::info!("joining a running cluster: waiting to be added as a member");
+        }
         node.start_group(
             crate::replication::META_GROUP,
             &members,
+            bootstrapper,
             crate::replication::MetaState::new(&broker),
         )
         .await
         .map_err(BrokerError::Cluster)?;
+        node.follow_addresses(crate::replication::META_GROUP);
         broker.recover_local(loaded)?;
         tokio::spawn(crate::statistics::sample_forever(Arc::downgrade(&broker)));
         broker.ensure_cluster_access().await;
@@ -158,6 +168,14 @@ impl Broker {
 
     pub(crate) fn register_quorum(&self, q: Arc<crate::quorum::QuorumQueue>) {
         lock(&self.quorum).push(q);
+    }
+
+    /// Replaces the registered quorum queue of the same handle (its declaration changed).
+    pub(crate) fn replace_quorum(&self, q: Arc<crate::quorum::QuorumQueue>) {
+        let mut all = lock(&self.quorum);
+        if let Some(slot) = all.iter_mut().find(|x| x.handle.id == q.handle.id) {
+            *slot = q;
+        }
     }
 
     pub(crate) fn unregister_quorum(

@@ -566,13 +566,15 @@ impl Broker {
                 d.name
             )));
         }
-        let members: Vec<u64> = node.config().members.keys().copied().collect();
+        let members: Vec<u64> = self.cluster_members().into_keys().collect();
+        let replicas = crate::quorum::choose_replicas(&members);
         let decl = crate::quorum::QuorumDecl {
             vhost: vhost.name.clone(),
             name: d.name.clone(),
             arguments: d.arguments.encode().to_vec(),
             group: crate::quorum::new_group_id(),
-            replicas: crate::quorum::choose_replicas(&members),
+            bootstrap: replicas.iter().min().copied().unwrap_or(node.id()),
+            replicas,
         };
         self.replicate(node, MetaOp::DeclareQuorumQueue(decl))
             .await

@@ -80,6 +80,7 @@ pub fn serve(
         next_expiry_ms: None,
         fenced: false,
         deleting: false,
+        held_back: false,
         effects: Vec::new(),
     };
     // The span is attached to the future (never entered across an `.await`).
@@ -105,8 +106,14 @@ struct Actor {
     fenced: bool,
     /// A quorum queue's deletion (it expired) was proposed; the cluster will stop this actor.
     deleting: bool,
+    /// Deliveries are held back until the store allows them again (a quorum queue's leader
+    /// whose lease ran out): the actor looks again every [`HELD_BACK_RETRY_MS`].
+    held_back: bool,
     effects: Vec<Effect>,
 }
+
+/// How often a held-back queue asks its store again whether it may deliver.
+const HELD_BACK_RETRY_MS: u64 = 50;
 
 #[derive(PartialEq, Eq)]
 enum Flow {
@@ -170,10 +177,15 @@ impl Actor {
             .expires_ms
             .filter(|_| self.state.consumer_count() == 0 && !self.deleting)
             .map(|ms| self.last_used_ms + ms);
-        match (self.next_expiry_ms, expires) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let held_back = self.held_back.then(|| now_ms() + HELD_BACK_RETRY_MS);
+        [self.next_expiry_ms, expires, held_back]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn may_deliver(&self) -> bool {
+        self.store.as_ref().is_none_or(|s| s.may_deliver())
     }
 
     fn fence(&mut self, error: crate::error::BrokerError) {
@@ -239,6 +251,10 @@ impl Actor {
                 reply,
             } => {
                 self.last_used_ms = now;
+                if !self.may_deliver() {
+                    let _ = reply.send(None);
+                    return Flow::Continue;
+                }
                 match self.state.get(owner, no_ack, now, &mut self.effects) {
                     Ok(Some((entry, remaining))) => {
                         let message =
@@ -426,7 +442,20 @@ impl Actor {
             Ok(next) => self.next_expiry_ms = next,
             Err(e) => self.fence(e),
         }
-        if let Err(e) = self.state.deliver(now, &mut self.effects) {
+        let was_held_back = self.held_back;
+        self.held_back = !self.may_deliver();
+        if self.held_back != was_held_back {
+            tracing::info!(
+                held_back = self.held_back,
+                "deliveries held back (this node cannot be sure it still leads) or resumed"
+            );
+        }
+        let delivered = if self.held_back {
+            Ok(())
+        } else {
+            self.state.deliver(now, &mut self.effects)
+        };
+        if let Err(e) = delivered {
             self.fence(e);
         }
         self.schedule_confirms();

@@ -32,6 +32,13 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
     fn pages_new_messages(&self) -> bool {
         true
     }
+    /// Whether the queue may hand messages to consumers now. A quorum queue's leader may not
+    /// once it cannot be sure it still leads (its lease ran out): a new leader elsewhere may be
+    /// delivering the same messages, and a deposed leader's deliveries would repeat them
+    /// without the `redelivered` mark.
+    fn may_deliver(&self) -> bool {
+        true
+    }
 }
 
 #[derive(Debug)]

@@ -41,7 +41,11 @@ pub struct QuorumDecl {
     /// Wire encoding of the arguments table.
     pub arguments: Vec<u8>,
     pub group: u64,
+    /// The members holding a replica (changed by membership changes).
     pub replicas: Vec<NodeId>,
+    /// The replica that initializes the queue's group: the first of the replicas chosen at
+    /// declaration (a replica added later never initializes the group, it is brought in).
+    pub bootstrap: NodeId,
 }
 
 /// A fresh group id for a new queue (random: proposers need not agree on a counter; a clash
@@ -66,12 +70,37 @@ pub fn choose_replicas(members: &[NodeId]) -> Vec<NodeId> {
     chosen
 }
 
+/// Starts this node's replica of a queue's raft group.
+async fn start_replica(
+    node: &warren_cluster::node::Node,
+    decl: &QuorumDecl,
+    data: &state::SharedData,
+) -> Result<(), Refusal> {
+    let replica = state::QuorumState { data: data.clone() };
+    node.start_group(
+        GroupId(decl.group),
+        &decl.replicas,
+        Some(decl.bootstrap),
+        replica,
+    )
+    .await
+    .map(drop)
+    .map_err(|e| {
+        tracing::error!(queue = %decl.name, error = %e, "raft group of the queue did not start");
+        Refusal::internal(format!("starting the queue's raft group: {e}"))
+    })
+}
+
 /// This node's part of one quorum queue.
 #[derive(Debug)]
 pub struct QuorumQueue {
     pub decl: QuorumDecl,
     pub handle: Arc<QueueHandle>,
-    stop: watch::Sender<bool>,
+    stop: Arc<watch::Sender<bool>>,
+    /// The replicas, as the router follows them.
+    replicas: Arc<watch::Sender<Vec<NodeId>>>,
+    /// What this node's replica holds (empty on a node without one).
+    data: state::SharedData,
 }
 
 impl QuorumQueue {
@@ -136,23 +165,19 @@ impl Broker {
         let data = state::SharedData::default();
         let group = GroupId(decl.group);
         if decl.replicas.contains(&node.id()) {
-            let replica = state::QuorumState { data: data.clone() };
-            node.start_group(group, &decl.replicas, replica)
-                .await
-                .map_err(|e| {
-                    tracing::error!(queue = %decl.name, error = %e, "raft group of the queue did not start");
-                    Refusal::internal(format!("starting the queue's raft group: {e}"))
-                })?;
+            start_replica(&node, &decl, &data).await?;
         }
         let (stop, stop_rx) = watch::channel(false);
+        let (replicas, replicas_rx) = watch::channel(decl.replicas.clone());
         let router = router::Router {
             broker: Arc::clone(self),
             vhost: Arc::clone(&vhost),
             handle: Arc::clone(&handle),
             group,
-            data,
+            data: data.clone(),
             inbox: rx,
             stop: stop_rx,
+            replicas: replicas_rx,
         };
         let span = tracing::info_span!("quorum", vhost = %decl.vhost, queue = %decl.name);
         tokio::spawn(tracing::Instrument::instrument(router.run(), span));
@@ -160,7 +185,56 @@ impl Broker {
             .write()
             .queues
             .insert(decl.name.clone(), Arc::clone(&handle));
-        self.register_quorum(Arc::new(QuorumQueue { decl, handle, stop }));
+        self.register_quorum(Arc::new(QuorumQueue {
+            decl,
+            handle,
+            stop: Arc::new(stop),
+            replicas: Arc::new(replicas),
+            data,
+        }));
+        Ok(())
+    }
+
+    /// Applies a change of a quorum queue's replicas on this node: a node that gained a
+    /// replica starts the queue's group (it waits for the group's leader to bring it in); one
+    /// that lost its replica stops the group and drops its log; every node's router follows.
+    pub(crate) async fn set_quorum_replicas_here(
+        &self,
+        vhost: &str,
+        name: &str,
+        replicas: Vec<NodeId>,
+    ) -> Result<(), Refusal> {
+        let Some(q) = self.quorum_queue(vhost, name) else {
+            return Err(Refusal::not_found(format!(
+                "no quorum queue '{name}' in vhost '{vhost}'"
+            )));
+        };
+        let Some(node) = self.cluster_node().cloned() else {
+            return Err(Refusal::internal("a quorum queue needs a cluster"));
+        };
+        let mut decl = q.decl.clone();
+        decl.replicas = replicas;
+        let me = node.id();
+        let (had, has) = (q.decl.replicas.contains(&me), decl.replicas.contains(&me));
+        if has && !had {
+            start_replica(&node, &decl, &q.data).await?;
+        }
+        if had && !has {
+            node.stop_group(q.group()).await;
+            if let Err(error) = warren_cluster::log_store::destroy(&self.wal, q.group()) {
+                tracing::error!(%error, queue = %name, "dropping the queue's raft log failed");
+            }
+            *state::lock(&q.data) = state::QueueData::default();
+        }
+        tracing::info!(%vhost, queue = %name, replicas = ?decl.replicas, "quorum queue replicas changed");
+        let _ = q.replicas.send(decl.replicas.clone());
+        self.replace_quorum(Arc::new(QuorumQueue {
+            decl,
+            handle: Arc::clone(&q.handle),
+            stop: Arc::clone(&q.stop),
+            replicas: Arc::clone(&q.replicas),
+            data: q.data.clone(),
+        }));
         Ok(())
     }
 

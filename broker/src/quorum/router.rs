@@ -39,12 +39,16 @@ use warren_proto::queues::{
 enum Target {
     /// No leader known: commands wait in the inbox.
     Nowhere,
+    /// The actor of this node's leadership in `term`.
     Local {
+        term: u64,
         actor: mpsc::Sender<QueueCommand>,
         store: Arc<RaftStore>,
     },
+    /// Node `node`'s leadership in `term`.
     Remote {
         node: NodeId,
+        term: u64,
         publisher: Option<Publisher>,
         channels: HashMap<ChannelRef, RemoteChannel>,
     },
@@ -91,6 +95,59 @@ pub struct Router {
     pub data: SharedData,
     pub inbox: mpsc::Receiver<QueueCommand>,
     pub stop: watch::Receiver<bool>,
+    /// The queue's replicas (they change when members are removed).
+    pub replicas: watch::Receiver<Vec<NodeId>>,
+}
+
+/// Where the router learns which node serves the queue.
+enum Source {
+    /// This node holds a replica: its raft group knows the leader.
+    Replica(
+        warren_cluster::types::GroupRaft,
+        watch::Receiver<warren_cluster::types::ServerMetrics>,
+    ),
+    /// This node holds none: it forwards to a replica (which forwards to the leader), the
+    /// next one whenever the current one cannot be reached.
+    Forwarder { replicas: Vec<NodeId>, at: usize },
+}
+
+impl Source {
+    fn of(node: &warren_cluster::node::Node, group: GroupId, replicas: &[NodeId]) -> Source {
+        match node.groups().get(group) {
+            Some(raft) => {
+                let metrics = raft.server_metrics();
+                Source::Replica(raft, metrics)
+            }
+            None => Source::Forwarder {
+                replicas: replicas
+                    .iter()
+                    .copied()
+                    .filter(|r| *r != node.id())
+                    .collect(),
+                at: rand::random::<usize>(),
+            },
+        }
+    }
+
+    /// The serving node and its leadership's term (0 for a replica forwarded to).
+    fn leader(&mut self) -> Option<(NodeId, u64)> {
+        match self {
+            Source::Replica(_, metrics) => {
+                let m = metrics.borrow_and_update();
+                m.current_leader.map(|l| (l, m.vote.leader_id().term))
+            }
+            Source::Forwarder { replicas, at } => {
+                (!replicas.is_empty()).then(|| (replicas[*at % replicas.len()], 0))
+            }
+        }
+    }
+
+    async fn changed(&mut self) -> bool {
+        match self {
+            Source::Replica(_, metrics) => metrics.changed().await.is_ok(),
+            Source::Forwarder { .. } => std::future::pending().await,
+        }
+    }
 }
 
 /// How long the router waits before trying an unreachable leader again (unless raft reports
@@ -108,6 +165,8 @@ struct Running {
     retry_at: Option<tokio::time::Instant>,
     /// Consumers registered through this node while it leads: cancelled when it stops leading.
     local_consumers: Vec<(ChannelRef, ShortStr, EventSender)>,
+    /// Told when a stream to the serving node fails.
+    trouble: mpsc::UnboundedSender<()>,
 }
 
 impl Router {
@@ -115,22 +174,26 @@ impl Router {
         let Some(node) = self.broker.cluster_node().cloned() else {
             return;
         };
-        let Some(raft) = node.groups().get(self.group) else {
-            tracing::error!(group = ?self.group, "quorum queue without its raft group on a replica");
-            return;
-        };
-        let mut metrics = raft.server_metrics();
         let mut stop = self.stop.clone();
+        let mut replicas = self.replicas.clone();
+        let group = self.group;
+        let mut source = Source::of(&node, group, &replicas.borrow_and_update());
+        let (trouble, mut troubles) = mpsc::unbounded_channel();
         let mut running = Running {
             r: self,
             target: Target::Nowhere,
             held: VecDeque::new(),
             retry_at: None,
             local_consumers: Vec::new(),
+            trouble,
         };
         loop {
-            let leader = metrics.borrow_and_update().current_leader;
-            running.follow(leader, node.id(), &raft).await;
+            let leader = source.leader();
+            let raft = match &source {
+                Source::Replica(raft, _) => Some(raft.clone()),
+                Source::Forwarder { .. } => None,
+            };
+            running.follow(leader, node.id(), raft.as_ref()).await;
             let routed = !matches!(running.target, Target::Nowhere);
             if routed && running.retry_at.is_none() && !running.held.is_empty() {
                 let held = std::mem::take(&mut running.held);
@@ -146,9 +209,21 @@ impl Router {
             let retry_at = running.retry_at;
             tokio::select! {
                 _ = stop.changed() => break,
-                changed = metrics.changed() => {
-                    if changed.is_err() { break }
+                changed = source.changed() => {
+                    if !changed { break }
                     running.retry_at = None;
+                }
+                changed = replicas.changed() => {
+                    if changed.is_err() { break }
+                    source = Source::of(&node, group, &replicas.borrow_and_update());
+                    running.retarget(Target::Nowhere);
+                }
+                Some(()) = troubles.recv() => {
+                    // A stream to the node served from failed: forward to the next replica.
+                    if let Source::Forwarder { at, .. } = &mut source {
+                        *at = at.wrapping_add(1);
+                        running.retarget(Target::Nowhere);
+                    }
                 }
                 _ = async { tokio::time::sleep_until(retry_at.expect("guarded")).await },
                     if retry_at.is_some() => running.retry_at = None,
@@ -202,17 +277,20 @@ fn refuse(command: QueueCommand, why: &str) {
 }
 
 impl Running {
-    /// Moves to the target `leader` implies, if it is not the current one.
+    /// Moves to the target `leader` (a node and its term) implies, if it is not the current
+    /// one. A leadership is a node *and* a term: a node that lost leadership and won it back
+    /// (which the metrics watch may show as one unchanged leader) serves from a new actor, as
+    /// what the queue holds may have changed in between.
     async fn follow(
         &mut self,
-        leader: Option<NodeId>,
+        leader: Option<(NodeId, u64)>,
         me: NodeId,
-        raft: &warren_cluster::types::GroupRaft,
+        raft: Option<&warren_cluster::types::GroupRaft>,
     ) {
         let same = match (&self.target, leader) {
             (Target::Nowhere, None) => true,
-            (Target::Local { .. }, Some(l)) => l == me,
-            (Target::Remote { node, .. }, Some(l)) => *node == l,
+            (Target::Local { term, .. }, Some((l, t))) => l == me && *term == t,
+            (Target::Remote { node, term, .. }, Some((l, t))) => *node == l && *term == t,
             _ => false,
         };
         if same {
@@ -220,19 +298,31 @@ impl Running {
         }
         let next = match leader {
             None => Target::Nowhere,
-            Some(l) if l == me => {
-                // Everything committed (by earlier leaders too) must be applied here before
-                // the actor loads the backlog. That needs a majority; without one (this node
-                // is cut off), try again shortly rather than wait here for good.
-                let ready = tokio::time::timeout(LEADING_CHECK, raft.ensure_linearizable()).await;
-                if !matches!(ready, Ok(Ok(_))) {
+            Some((l, term)) if l == me => {
+                let Some(raft) = raft else {
+                    return self.retarget(Target::Nowhere);
+                };
+                // The queue is claimed for this leadership before the actor loads it: the
+                // claim's entry applied here means everything committed before it is applied
+                // too, and fences off what earlier leaderships may still propose. That needs
+                // a majority; without one (this node is cut off), try again shortly rather
+                // than wait here for good.
+                let timing = self.r.broker.cluster_node().map(|n| n.config().clone());
+                let lease = timing.map_or(std::time::Duration::ZERO, |c| {
+                    std::time::Duration::from_millis(
+                        c.election_timeout_min_ms.saturating_sub(c.heartbeat_ms),
+                    )
+                });
+                let store = Arc::new(RaftStore::new(raft.clone(), self.r.data.clone(), lease));
+                let claimed = tokio::time::timeout(LEADING_CHECK, store.claim()).await;
+                if !matches!(claimed, Ok(true)) {
+                    store.abandon();
                     tracing::info!("leading the queue's group, but no majority confirms it yet");
                     self.retarget(Target::Nowhere);
                     self.retry_at = Some(tokio::time::Instant::now() + RETRY_UNREACHABLE);
                     return;
                 }
                 {
-                    let store = Arc::new(RaftStore::new(raft.clone(), self.r.data.clone()));
                     let (tx, rx) = mpsc::channel(self.r.broker.config.limits.queue_inbox_max);
                     crate::queue::actor::serve(
                         Arc::clone(&self.r.broker),
@@ -242,11 +332,16 @@ impl Running {
                         Some(Arc::clone(&store) as Arc<dyn crate::queue::store::MessageStore>),
                     );
                     tracing::info!(queue = %self.r.handle.name(), "leading the quorum queue here");
-                    Target::Local { actor: tx, store }
+                    Target::Local {
+                        term,
+                        actor: tx,
+                        store,
+                    }
                 }
             }
-            Some(l) => Target::Remote {
+            Some((l, term)) => Target::Remote {
                 node: l,
+                term,
                 publisher: None,
                 channels: HashMap::new(),
             },
@@ -254,18 +349,17 @@ impl Running {
         self.retarget(next);
     }
 
-    /// Switches targets, cancelling what was attached through the old one.
+    /// Switches targets, cancelling what was attached through the old one. (Only `follow`
+    /// calls it with a target other than the current one.)
     fn retarget(&mut self, next: Target) {
-        let changed = std::mem::discriminant(&self.target) != std::mem::discriminant(&next)
-            || matches!((&self.target, &next), (Target::Remote { node: a, .. }, Target::Remote { node: b, .. }) if a != b);
-        if changed {
+        if !matches!((&self.target, &next), (Target::Nowhere, Target::Nowhere)) {
             // A new target: what was held goes to it at once.
             self.retry_at = None;
         }
         let old = std::mem::replace(&mut self.target, next);
         match old {
             Target::Nowhere => {}
-            Target::Local { actor, store } => {
+            Target::Local { actor, store, .. } => {
                 drop(actor);
                 store.abandon();
                 for (owner, consumer_tag, events) in self.local_consumers.drain(..) {
@@ -349,11 +443,12 @@ impl Running {
         match command {
             QueueCommand::Publish { message, confirm } => {
                 if publisher.as_ref().is_none_or(|p| p.is_broken()) {
-                    match Publisher::open(client(), queue).await {
+                    match Publisher::open(client(), queue, self.trouble.clone()).await {
                         Ok(p) => *publisher = Some(p),
                         Err(status) => {
                             // Held, not nacked: sent once the leader (or a new one) answers.
                             tracing::debug!(%status, leader, "the queue's leader is unreachable");
+                            let _ = self.trouble.send(());
                             self.held
                                 .push_back(QueueCommand::Publish { message, confirm });
                             self.retry_at = Some(tokio::time::Instant::now() + RETRY_UNREACHABLE);
@@ -459,7 +554,13 @@ impl Running {
                 leader,
                 "channel stream to the quorum queue's leader"
             );
-            RemoteChannel::open(client, queue, owner, Arc::clone(&self.r.handle))
+            RemoteChannel::open(
+                client,
+                queue,
+                owner,
+                Arc::clone(&self.r.handle),
+                self.trouble.clone(),
+            )
         })
     }
 }
@@ -498,6 +599,7 @@ impl Publisher {
     async fn open(
         mut client: QueuesClient<tonic::transport::Channel>,
         queue: QueueRef,
+        trouble: mpsc::UnboundedSender<()>,
     ) -> Result<Publisher, tonic::Status> {
         let (tx, rx) = mpsc::channel(4096);
         let hello = ForwardPublish {
@@ -522,6 +624,7 @@ impl Publisher {
                     Ok(None) => break,
                     Err(status) => {
                         tracing::info!(%status, "forwarded publishes cut off");
+                        let _ = trouble.send(());
                         break;
                     }
                 }
@@ -591,6 +694,7 @@ impl RemoteChannel {
         queue: QueueRef,
         owner: ChannelRef,
         handle: Arc<QueueHandle>,
+        trouble: mpsc::UnboundedSender<()>,
     ) -> RemoteChannel {
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(ChannelUp {
@@ -603,11 +707,22 @@ impl RemoteChannel {
             match client.channel(stream).await {
                 Ok(response) => {
                     let mut down = response.into_inner();
-                    while let Ok(Some(event)) = down.message().await {
-                        on_down(&s, owner, &handle, event);
+                    loop {
+                        match down.message().await {
+                            Ok(Some(event)) => on_down(&s, owner, &handle, event),
+                            Ok(None) => break,
+                            Err(status) => {
+                                tracing::info!(%status, "forwarded channel cut off");
+                                let _ = trouble.send(());
+                                break;
+                            }
+                        }
                     }
                 }
-                Err(status) => tracing::info!(%status, "forwarding a channel failed"),
+                Err(status) => {
+                    tracing::info!(%status, "forwarding a channel failed");
+                    let _ = trouble.send(());
+                }
             }
             close_shared(&s, owner, true);
         });

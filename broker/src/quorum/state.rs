@@ -21,6 +21,8 @@ pub struct QueueData {
     /// One past the highest seq ever enqueued (a new leader numbers on from here).
     pub bound: u64,
     pub bytes: u64,
+    /// The leadership that last claimed the queue: only its commands apply (0: none yet).
+    pub owner: u64,
 }
 
 impl QueueData {
@@ -48,6 +50,7 @@ pub fn lock(data: &SharedData) -> std::sync::MutexGuard<'_, QueueData> {
 const ENQUEUE: u8 = 0;
 const REMOVE: u8 = 1;
 const REMOVE_FROM: u8 = 2;
+const CLAIM: u8 = 3;
 
 /// Who proposed a command: a leadership's random id and the proposal's number within it.
 pub type Stamp = (u64, u64);
@@ -61,6 +64,11 @@ pub enum QuorumCommand {
     Remove { seqs: Vec<u64> },
     /// Every message with `seq >= from` (a queue deleted or purged past a point).
     RemoveFrom { from: u64 },
+    /// A new leadership takes the queue over: from here on, commands stamped by any other
+    /// leadership are ignored. (A deposed leader's proposals may still reach the log after
+    /// its successor loaded the queue — even from the same node, re-elected in a later term —
+    /// and must not change what the successor serves.)
+    Claim,
 }
 
 /// The reply of an applied command: its stamp.
@@ -78,6 +86,7 @@ impl QuorumCommand {
             QuorumCommand::Enqueue { .. } => ENQUEUE,
             QuorumCommand::Remove { .. } => REMOVE,
             QuorumCommand::RemoveFrom { .. } => REMOVE_FROM,
+            QuorumCommand::Claim => CLAIM,
         };
         buf.put_u8(tag);
         buf.put_u64(stamp.0);
@@ -94,6 +103,7 @@ impl QuorumCommand {
                 }
             }
             QuorumCommand::RemoveFrom { from } => buf.put_u64(*from),
+            QuorumCommand::Claim => {}
         }
         buf.to_vec()
     }
@@ -139,6 +149,7 @@ impl QuorumCommand {
                 need(b, 8)?;
                 Ok(QuorumCommand::RemoveFrom { from: b.get_u64() })
             }
+            CLAIM => Ok(QuorumCommand::Claim),
             other => Err(format!("unknown quorum command {other}")),
         }
     }
@@ -159,16 +170,29 @@ impl ReplicatedState for QuorumState {
                 return Vec::new();
             }
         };
+        let mut data = lock(&self.data);
+        if let QuorumCommand::Claim = command {
+            data.owner = stamp.0;
+            return stamp_bytes(stamp);
+        }
+        if stamp.0 != data.owner {
+            // Fenced: proposed by a leadership the queue has since been claimed from.
+            tracing::debug!(
+                leadership = stamp.0,
+                owner = data.owner,
+                "stale quorum queue entry ignored"
+            );
+            return Vec::new();
+        }
         match command {
-            QuorumCommand::Enqueue { seq, record } => lock(&self.data).insert(seq, record),
+            QuorumCommand::Claim => {}
+            QuorumCommand::Enqueue { seq, record } => data.insert(seq, record),
             QuorumCommand::Remove { seqs } => {
-                let mut data = lock(&self.data);
                 for s in seqs {
                     data.remove(s);
                 }
             }
             QuorumCommand::RemoveFrom { from } => {
-                let mut data = lock(&self.data);
                 let gone: Vec<u64> = data.messages.range(from..).map(|(s, _)| *s).collect();
                 for s in gone {
                     data.remove(s);
@@ -180,8 +204,9 @@ impl ReplicatedState for QuorumState {
 
     fn snapshot(&self) -> Vec<u8> {
         let data = lock(&self.data);
-        let mut buf = BytesMut::with_capacity(16 + data.bytes as usize + 12 * data.messages.len());
+        let mut buf = BytesMut::with_capacity(24 + data.bytes as usize + 12 * data.messages.len());
         buf.put_u64(data.bound);
+        buf.put_u64(data.owner);
         buf.put_u64(data.messages.len() as u64);
         for (seq, record) in &data.messages {
             buf.put_u64(*seq);
@@ -194,11 +219,12 @@ impl ReplicatedState for QuorumState {
     async fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
         let mut b = snapshot;
         let truncated = || "quorum queue snapshot truncated".to_string();
-        if b.len() < 16 {
+        if b.len() < 24 {
             return Err(truncated());
         }
         let mut fresh = QueueData {
             bound: b.get_u64(),
+            owner: b.get_u64(),
             ..QueueData::default()
         };
         let count = b.get_u64();
@@ -226,6 +252,7 @@ mod tests {
     #[tokio::test]
     async fn commands_round_trip_and_snapshots_restore_the_same_state() {
         let commands = [
+            QuorumCommand::Claim,
             QuorumCommand::Enqueue {
                 seq: 7,
                 record: Bytes::from_static(b"seven"),
@@ -256,9 +283,22 @@ mod tests {
         }
         let mut copy = QuorumState::default();
         copy.restore(&state.snapshot()).await.unwrap();
-        let (a, b) = (lock(&state.data), lock(&copy.data));
-        assert_eq!(a.messages, b.messages);
-        assert_eq!((a.bound, a.bytes), (b.bound, b.bytes));
+        {
+            let (a, b) = (lock(&state.data), lock(&copy.data));
+            assert_eq!(a.messages, b.messages);
+            assert_eq!((a.bound, a.bytes, a.owner), (b.bound, b.bytes, b.owner));
+        }
+        // Another leadership claims the queue: the first one's commands no longer apply.
+        assert_eq!(
+            copy.apply(&QuorumCommand::Claim.encode((43, 0))).await,
+            stamp_bytes((43, 0))
+        );
+        let stale = QuorumCommand::Remove { seqs: vec![9] }.encode((42, 99));
+        assert!(copy.apply(&stale).await.is_empty(), "a stale command is refused");
+        assert_eq!(lock(&copy.data).messages.len(), 1, "and changes nothing");
+        let current = QuorumCommand::Remove { seqs: vec![9] }.encode((43, 1));
+        assert_eq!(copy.apply(&current).await, stamp_bytes((43, 1)));
+        assert!(lock(&copy.data).messages.is_empty());
         assert!(QuorumCommand::decode(&[REMOVE, 1, 2]).is_err());
         let mut odd = QuorumCommand::Remove { seqs: vec![1] }.encode((1, 1));
         odd.pop();

@@ -63,6 +63,10 @@ impl Progress {
 /// The leader's store of one quorum queue.
 pub struct RaftStore {
     data: SharedData,
+    /// When a majority last acknowledged this leader (as openraft reports it).
+    quorum_acked_at: Arc<Mutex<Option<tokio::time::Instant>>>,
+    /// How long after that this leader is sure no other leader exists.
+    lease: std::time::Duration,
     proposals: mpsc::UnboundedSender<(u64, Vec<u8>)>,
     next_token: AtomicU64,
     progress: Arc<Mutex<Progress>>,
@@ -79,21 +83,63 @@ impl std::fmt::Debug for RaftStore {
     }
 }
 
+fn lock_acked(
+    m: &Mutex<Option<tokio::time::Instant>>,
+) -> std::sync::MutexGuard<'_, Option<tokio::time::Instant>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn progress(p: &Mutex<Progress>) -> std::sync::MutexGuard<'_, Progress> {
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl RaftStore {
-    /// A store proposing to `raft` (this node leads it) over the group's `data`.
-    pub fn new(raft: warren_cluster::types::GroupRaft, data: SharedData) -> RaftStore {
+    /// A store proposing to `raft` (this node leads it) over the group's `data`, that lets
+    /// the queue deliver only within `lease` of a majority's last acknowledgement.
+    ///
+    /// The lease must end before another leader can be elected: followers refuse to vote for
+    /// `election_timeout_max` after they last heard from this leader (openraft's leader lease),
+    /// so any `lease` well below that is safe; the node uses the election timeout's minimum
+    /// less a heartbeat.
+    pub fn new(
+        raft: warren_cluster::types::GroupRaft,
+        data: SharedData,
+        lease: std::time::Duration,
+    ) -> RaftStore {
         let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Vec<u8>)>();
         let (wait_tx, mut wait_rx) = mpsc::unbounded_channel();
         let progress_shared = Arc::new(Mutex::new(Progress::default()));
         let leadership: u64 = rand::random();
         let (abandoned, mut abandoned_rx) = tokio::sync::watch::channel(false);
+        let quorum_acked_at = Arc::new(Mutex::new(None));
+        // Follows the age of the last majority acknowledgement, as reported: the report may
+        // be read late, which only makes the lease look shorter.
+        let (acked, mut metrics, mut abandoned_watch) = (
+            Arc::clone(&quorum_acked_at),
+            raft.data_metrics(),
+            abandoned.subscribe(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let at = metrics.borrow_and_update().millis_since_quorum_ack.map(|ms| {
+                    tokio::time::Instant::now() - std::time::Duration::from_millis(ms)
+                });
+                *lock_acked(&acked) = at;
+                tokio::select! {
+                    changed = metrics.changed() => if changed.is_err() { break },
+                    _ = abandoned_watch.changed() => break,
+                }
+            }
+            *lock_acked(&acked) = None;
+        });
         // Proposes in order...
+        let stopped = abandoned.subscribe();
         tokio::spawn(async move {
             while let Some((token, command)) = rx.recv().await {
+                if *stopped.borrow() {
+                    // Abandoned: nothing more of this leadership reaches the log.
+                    return;
+                }
                 let receiver = raft.client_write_ff(Command(command)).await;
                 if wait_tx.send((token, receiver)).is_err() {
                     return;
@@ -148,12 +194,31 @@ impl RaftStore {
         });
         RaftStore {
             data,
+            quorum_acked_at,
+            lease,
             proposals: tx,
             next_token: AtomicU64::new(1),
             progress: progress_shared,
             leadership,
             abandoned,
         }
+    }
+
+    /// Claims the queue for this leadership (the first proposal): true once the claim is
+    /// applied here, so everything committed before it is applied too, and no earlier
+    /// leadership's proposal can change the queue any more.
+    pub async fn claim(&self) -> bool {
+        let Ok(lsn) = self.propose(QuorumCommand::Claim) else {
+            return false;
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.on_durable(
+            lsn,
+            Box::new(move |ok| {
+                let _ = tx.send(ok);
+            }),
+        );
+        rx.await.unwrap_or(false)
     }
 
     /// Leadership moved: every proposal still waited on fails, and so does every later one.
@@ -238,5 +303,10 @@ impl MessageStore for RaftStore {
 
     fn pages_new_messages(&self) -> bool {
         false
+    }
+
+    fn may_deliver(&self) -> bool {
+        !*self.abandoned.borrow()
+            && lock_acked(&self.quorum_acked_at).is_some_and(|at| at.elapsed() < self.lease)
     }
 }

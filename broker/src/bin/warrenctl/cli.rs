@@ -94,6 +94,10 @@ pub enum Command {
         #[arg(long)]
         to: u64,
     },
+    /// Add a running node (started with `cluster.join = true`) to the cluster, by its id and raft address.  e.g. `warrenctl add-member 4 10.0.0.4:25672`
+    AddMember { id: u64, address: String },
+    /// Remove a member from the cluster, moving its quorum queue replicas to other members first; then stop its process.  e.g. `warrenctl remove-member 3`
+    RemoveMember { id: u64 },
     /// Drop every ready message of a queue.  e.g. `warrenctl purge jobs`
     Purge { queue: String },
     /// Bind a queue (or exchange) to an exchange.  e.g. `warrenctl bind amq.topic jobs -k 'jobs.#'`

@@ -357,10 +357,16 @@ pub async fn list(
                 .iter()
                 .map(|n| {
                     vec![
+                        if n.node_id == 0 {
+                            String::new()
+                        } else {
+                            n.node_id.to_string()
+                        },
                         n.name.clone(),
                         n.role.clone(),
-                        yes_no(n.running),
+                        yes_no(n.reachable),
                         duration_ms(n.uptime_ms),
+                        n.cluster_address.clone(),
                         n.amqp_listen.clone(),
                         n.admin_listen.clone(),
                     ]
@@ -368,7 +374,16 @@ pub async fn list(
                 .collect();
             out.table(
                 &r,
-                &["name", "role", "running", "uptime", "amqp", "admin"],
+                &[
+                    "id",
+                    "name",
+                    "role",
+                    "reachable",
+                    "uptime",
+                    "cluster",
+                    "amqp",
+                    "admin",
+                ],
                 rows,
             );
         }

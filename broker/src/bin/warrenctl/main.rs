@@ -231,6 +231,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into_inner();
             out.done(&r, &format!("node {to} now leads queue '{queue}'"));
         }
+        Command::AddMember { id, address } => {
+            let r = client
+                .add_member(AddMemberRequest {
+                    node_id: id,
+                    address: address.clone(),
+                })
+                .await?
+                .into_inner();
+            out.done(&r, &format!("node {id} ({address}) is a member"));
+        }
+        Command::RemoveMember { id } => {
+            let r = client
+                .remove_member(RemoveMemberRequest { node_id: id })
+                .await?
+                .into_inner();
+            out.done(&r, &format!("node {id} removed from the cluster"));
+        }
         Command::Purge { queue } => {
             let r = client
                 .purge_queue(QueueRef {
