@@ -130,7 +130,8 @@ impl Broker {
             .keys()
             .copied()
             .find(|m| *m != gone && !replicas.contains(m));
-        let mut target: BTreeSet<NodeId> = replicas.iter().copied().filter(|r| *r != gone).collect();
+        let mut target: BTreeSet<NodeId> =
+            replicas.iter().copied().filter(|r| *r != gone).collect();
         if target.is_empty() && spare.is_none() {
             return Err(MembershipError::Precondition(format!(
                 "node {gone} holds the only replica of queue '{name}' in vhost '{vhost}' and no other member can take it"
@@ -146,13 +147,18 @@ impl Broker {
             .iter()
             .filter_map(|id| members.get(id).map(|a| (*id, a.clone())))
             .collect();
-        node.change_voters(GroupId(q.decl.group), target.clone(), addresses, CHANGE_WITHIN)
-            .await
-            .map_err(|e| {
-                MembershipError::Unavailable(format!(
-                    "moving queue '{name}' in vhost '{vhost}' off node {gone}: {e}"
-                ))
-            })?;
+        node.change_voters(
+            GroupId(q.decl.group),
+            target.clone(),
+            addresses,
+            CHANGE_WITHIN,
+        )
+        .await
+        .map_err(|e| {
+            MembershipError::Unavailable(format!(
+                "moving queue '{name}' in vhost '{vhost}' off node {gone}: {e}"
+            ))
+        })?;
         self.propose_replicas(node, vhost, name, &target).await?;
         tracing::info!(%vhost, queue = %name, from = gone, replicas = ?target, "quorum queue replica moved");
         Ok(())

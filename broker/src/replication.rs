@@ -21,6 +21,7 @@ use crate::amqp::FieldTable;
 use crate::auth::{Permission, User};
 use crate::broker::{Broker, ExchangeDeclare};
 use crate::exchange::{Binding, Destination};
+use crate::quorum::QuorumDecl;
 use crate::refusal::Refusal;
 use crate::vhost::Detour;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -29,7 +30,6 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use warren_cluster::node::Node;
 use warren_cluster::state_machine::ReplicatedState;
-use crate::quorum::QuorumDecl;
 use warren_cluster::types::{GroupId, NodeId};
 
 /// The metadata group's id (and log stream). Durable classic queues take streams counted up
@@ -433,7 +433,12 @@ impl Broker {
             match target.quorum_queues.get(key) {
                 Some(t) if t == q => {}
                 // The same queue with other replicas: moved, not recreated.
-                Some(t) if QuorumDecl { replicas: q.replicas.clone(), ..t.clone() } == *q => {
+                Some(t)
+                    if QuorumDecl {
+                        replicas: q.replicas.clone(),
+                        ..t.clone()
+                    } == *q =>
+                {
                     if let Err(r) = self
                         .set_quorum_replicas_here(&key.0, &key.1, t.replicas.clone())
                         .await

@@ -70,12 +70,19 @@ pub fn nodes(raft: &Raft<TypeConfig>) -> BTreeMap<NodeId, String> {
         .collect()
 }
 
-fn outcome<E: std::fmt::Display>(error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>, what: E) -> Outcome {
+fn outcome<E: std::fmt::Display>(
+    error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+    what: E,
+) -> Outcome {
     match error {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Outcome::NotLeader(f.leader_id),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            Outcome::NotLeader(f.leader_id)
+        }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(
             ChangeMembershipError::InProgress(e),
-        )) => Outcome::Failed(format!("{what}: another membership change is in progress: {e}")),
+        )) => Outcome::Failed(format!(
+            "{what}: another membership change is in progress: {e}"
+        )),
         other => Outcome::Failed(format!("{what}: {other}")),
     }
 }

@@ -377,11 +377,23 @@ impl Node {
         let until = tokio::time::Instant::now() + deadline;
         let mut hint: Option<NodeId> = None;
         let mut last;
+        // Whom to ask when this node knows no leader (it may not be a member yet).
+        let mut others: Vec<NodeId> = voters.iter().copied().filter(|v| *v != self.id()).collect();
+        let mut asked = 0usize;
         loop {
             let raft = self.groups.get(group).ok_or("no such group here")?;
             let leader = hint
                 .take()
-                .or_else(|| raft.metrics().borrow().current_leader);
+                .or_else(|| raft.metrics().borrow().current_leader)
+                .or_else(|| {
+                    for v in crate::membership::voters(&raft) {
+                        if v != self.id() && !others.contains(&v) {
+                            others.push(v);
+                        }
+                    }
+                    asked += 1;
+                    (!others.is_empty()).then(|| others[asked % others.len()])
+                });
             let left = until.saturating_duration_since(tokio::time::Instant::now());
             let attempt = match leader {
                 Some(l) if l == self.id() => {
@@ -389,7 +401,10 @@ impl Node {
                         .await
                         .unwrap_or_else(|_| Outcome::Failed("timed out".into()))
                 }
-                Some(l) => self.forward_voters(group, l, &voters, &addresses, left).await,
+                Some(l) => {
+                    self.forward_voters(group, l, &voters, &addresses, left)
+                        .await
+                }
                 None => Outcome::Failed("no leader known".into()),
             };
             match attempt {
@@ -401,7 +416,9 @@ impl Node {
                 Outcome::Failed(why) => last = why,
             }
             if tokio::time::Instant::now() >= until {
-                return Err(format!("membership change not done within {deadline:?}: {last}"));
+                return Err(format!(
+                    "membership change not done within {deadline:?}: {last}"
+                ));
             }
             if hint.is_none() {
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -50,6 +50,24 @@ fn write_config(path: &Path, id: usize, members: &[u16], join: bool) {
     std::fs::write(path, text).expect("writing a node's configuration");
 }
 
+/// A node whose directory `dir` holds its configuration (`warren.toml`) and data, serving AMQP
+/// on `amqp_port`.
+fn node_in(dir: &Path, amqp_port: u16) -> Warren {
+    Warren {
+        child: None,
+        addr: format!("127.0.0.1:{amqp_port}").parse().expect("address"),
+        admin_addr: None,
+        metrics_addr: None,
+        data_dir: dir.join("data"),
+        extra_args: vec![
+            "--config".into(),
+            dir.join("warren.toml").display().to_string(),
+        ],
+        fixed_port: true,
+        _temp: None,
+    }
+}
+
 impl Cluster {
     /// Starts `n` nodes on fresh data directories and waits until every one is ready.
     pub fn start(n: usize) -> Cluster {
@@ -94,18 +112,7 @@ impl Cluster {
                 })
                 .collect();
             write_config(&config, id, &members, false);
-            nodes.push(Warren {
-                child: None,
-                addr: format!("127.0.0.1:{}", amqp_ports[id - 1])
-                    .parse()
-                    .expect("address"),
-                admin_addr: None,
-                metrics_addr: None,
-                data_dir: dir.join("data"),
-                extra_args: vec!["--config".into(), config.display().to_string()],
-                fixed_port: true,
-                _temp: None,
-            });
+            nodes.push(node_in(&dir, amqp_ports[id - 1]));
         }
         let mut cluster = Cluster {
             nodes,
@@ -157,18 +164,8 @@ impl Cluster {
         self.raft_ports.push(ports[0]);
         let dir = self._temp.path().join(format!("node-{id}"));
         std::fs::create_dir_all(&dir).expect("node dir");
-        let config = dir.join("warren.toml");
-        write_config(&config, id, &self.raft_ports, true);
-        let mut node = Warren {
-            child: None,
-            addr: format!("127.0.0.1:{}", ports[1]).parse().expect("address"),
-            admin_addr: None,
-            metrics_addr: None,
-            data_dir: dir.join("data"),
-            extra_args: vec!["--config".into(), config.display().to_string()],
-            fixed_port: true,
-            _temp: None,
-        };
+        write_config(&dir.join("warren.toml"), id, &self.raft_ports, true);
+        let mut node = node_in(&dir, ports[1]);
         let child = node.launch();
         self.nodes.push(node);
         self.joining.insert(id, child);

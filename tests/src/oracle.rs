@@ -169,11 +169,8 @@ async fn bounded<T>(call: impl std::future::Future<Output = lapin::Result<T>>) -
 /// Closes a connection, not waiting for long: lapin may wait for ever for the close-ok of a
 /// connection whose broker was killed.
 async fn close(connection: Connection) {
-    let _ = tokio::time::timeout(
-        Duration::from_secs(1),
-        connection.close(200, "done".into()),
-    )
-    .await;
+    let _ =
+        tokio::time::timeout(Duration::from_secs(1), connection.close(200, "done".into())).await;
 }
 
 /// Publishes ids `from..to` to `queue` with confirms (a window of `window` in flight),
@@ -259,7 +256,9 @@ pub async fn consume(oracle: Oracle, urls: Vec<String>, queue: String, stop: Arc
         let node = at % urls.len();
         let url = &urls[node];
         let Some(connection) = connect(url).await else {
-            oracle.records().note(format!("node {node}: cannot connect"));
+            oracle
+                .records()
+                .note(format!("node {node}: cannot connect"));
             at += 1;
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
@@ -278,7 +277,9 @@ pub async fn consume(oracle: Oracle, urls: Vec<String>, queue: String, stop: Arc
         ))
         .await
         else {
-            oracle.records().note(format!("node {node}: consume refused or unanswered"));
+            oracle
+                .records()
+                .note(format!("node {node}: consume refused or unanswered"));
             at += 1;
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
@@ -293,7 +294,9 @@ pub async fn consume(oracle: Oracle, urls: Vec<String>, queue: String, stop: Arc
                 // lapin does not always end a consumer's stream when its connection dies (a
                 // SIGKILLed broker): ask the connection itself.
                 Err(_) if !connection.status().connected() || !channel.status().connected() => {
-                    oracle.records().note(format!("node {node}: connection lost"));
+                    oracle
+                        .records()
+                        .note(format!("node {node}: connection lost"));
                     break;
                 }
                 Err(_) => continue,
@@ -305,7 +308,9 @@ pub async fn consume(oracle: Oracle, urls: Vec<String>, queue: String, stop: Arc
                         Some(Err(e)) => e.to_string(),
                         Some(Ok(_)) => unreachable!("matched above"),
                     };
-                    oracle.records().note(format!("node {node}: consumer ended: {why}"));
+                    oracle
+                        .records()
+                        .note(format!("node {node}: consumer ended: {why}"));
                     break;
                 }
             };

@@ -351,7 +351,12 @@ pub async fn list_nodes(broker: &Broker, admin_listen: &str) -> proto::NodeList 
     };
     let leader = node.leader(crate::replication::META_GROUP);
     let role = |id: u64| {
-        if leader == Some(id) { "leader" } else { "follower" }.to_string()
+        if leader == Some(id) {
+            "leader"
+        } else {
+            "follower"
+        }
+        .to_string()
     };
     let mut members = broker.cluster_members();
     if members.is_empty() {

@@ -294,7 +294,10 @@ mod tests {
             stamp_bytes((43, 0))
         );
         let stale = QuorumCommand::Remove { seqs: vec![9] }.encode((42, 99));
-        assert!(copy.apply(&stale).await.is_empty(), "a stale command is refused");
+        assert!(
+            copy.apply(&stale).await.is_empty(),
+            "a stale command is refused"
+        );
         assert_eq!(lock(&copy.data).messages.len(), 1, "and changes nothing");
         let current = QuorumCommand::Remove { seqs: vec![9] }.encode((43, 1));
         assert_eq!(copy.apply(&current).await, stamp_bytes((43, 1)));

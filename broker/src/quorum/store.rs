@@ -121,9 +121,10 @@ impl RaftStore {
         );
         tokio::spawn(async move {
             loop {
-                let at = metrics.borrow_and_update().millis_since_quorum_ack.map(|ms| {
-                    tokio::time::Instant::now() - std::time::Duration::from_millis(ms)
-                });
+                let at = metrics
+                    .borrow_and_update()
+                    .millis_since_quorum_ack
+                    .map(|ms| tokio::time::Instant::now() - std::time::Duration::from_millis(ms));
                 *lock_acked(&acked) = at;
                 tokio::select! {
                     changed = metrics.changed() => if changed.is_err() { break },
