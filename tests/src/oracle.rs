@@ -332,11 +332,10 @@ pub async fn consume(oracle: Oracle, urls: Vec<String>, queue: String, stop: Arc
                     r.unmarked_repeats.insert(id);
                 }
             }
-            if delivery
-                .acker
-                .ack(BasicAckOptions::default())
+            // lapin may never finish sending an ack on a connection whose broker was killed.
+            if bounded(delivery.acker.ack(BasicAckOptions::default()))
                 .await
-                .is_err()
+                .is_none()
             {
                 oracle.records().note(format!("node {node}: ack failed"));
                 break;
