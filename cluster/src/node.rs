@@ -408,7 +408,25 @@ impl Node {
                 None => Outcome::Failed("no leader known".into()),
             };
             match attempt {
-                Outcome::Done => return Ok(()),
+                Outcome::Done => {
+                    // Answer once this node sees the change too (a node removing itself may
+                    // never see the final membership: it waits a little, then answers).
+                    let left = until.saturating_duration_since(tokio::time::Instant::now());
+                    let _ = raft
+                        .wait(Some(left.min(Duration::from_secs(5))))
+                        .metrics(
+                            |m| {
+                                m.membership_config
+                                    .membership()
+                                    .voter_ids()
+                                    .collect::<BTreeSet<_>>()
+                                    == voters
+                            },
+                            "the new voters seen here",
+                        )
+                        .await;
+                    return Ok(());
+                }
                 Outcome::NotLeader(next) => {
                     hint = next;
                     last = "leadership moved".into();

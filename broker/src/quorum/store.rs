@@ -1,7 +1,8 @@
 //! The message store of a quorum queue's leader: what the queue actor appends and removes
 //! becomes raft entries of the queue's group; reads come from the replicated state.
 //!
-//! Proposals go out in order through one task per leadership. A confirm waits (`on_durable`)
+//! Proposals go out in order through one task per leadership; what queued up while it was
+//! busy goes out as one raft entry (a batch of commands). A confirm waits (`on_durable`)
 //! until its entry is applied on the leader, which openraft does only after the entry is
 //! committed: fsync'd on a majority of the replicas. Entries commit in log order, so a wait on
 //! the last proposal of a batch covers the batch. Once any proposal fails (leadership lost),
@@ -11,7 +12,7 @@
 //! waiting (openraft may never answer proposals a deposed leader made before a snapshot
 //! replaced its log).
 
-use super::state::{lock, stamp_bytes, QuorumCommand, SharedData};
+use super::state::{encode_batch, lock, stamp_bytes, QuorumCommand, SharedData};
 use crate::error::BrokerError;
 use crate::message::StoredMessage;
 use crate::queue::store::MessageStore;
@@ -23,6 +24,10 @@ use warren_cluster::types::Command;
 use warren_storage::Lsn;
 
 type Done = Box<dyn FnOnce(bool) + Send>;
+
+/// At most this many commands, and about this many bytes, go in one raft entry.
+const BATCH_COMMANDS_MAX: usize = 512;
+const BATCH_BYTES_MAX: usize = 1 << 20;
 
 #[derive(Default)]
 struct Progress {
@@ -136,13 +141,28 @@ impl RaftStore {
         // Proposes in order...
         let stopped = abandoned.subscribe();
         tokio::spawn(async move {
-            while let Some((token, command)) = rx.recv().await {
+            while let Some((first, command)) = rx.recv().await {
                 if *stopped.borrow() {
                     // Abandoned: nothing more of this leadership reaches the log.
                     return;
                 }
-                let receiver = raft.client_write_ff(Command(command)).await;
-                if wait_tx.send((token, receiver)).is_err() {
+                // What queued up meanwhile goes in the same entry.
+                let (mut last, mut parts, mut bytes) = (first, vec![command], 0usize);
+                while parts.len() < BATCH_COMMANDS_MAX && bytes < BATCH_BYTES_MAX {
+                    let Ok((token, command)) = rx.try_recv() else {
+                        break;
+                    };
+                    bytes += command.len();
+                    last = token;
+                    parts.push(command);
+                }
+                let entry = if parts.len() == 1 {
+                    parts.pop().expect("one")
+                } else {
+                    encode_batch((leadership, last), &parts)
+                };
+                let receiver = raft.client_write_ff(Command(entry)).await;
+                if wait_tx.send((first, last, receiver)).is_err() {
                     return;
                 }
             }
@@ -155,7 +175,7 @@ impl RaftStore {
                     next = wait_rx.recv() => next,
                     _ = abandoned_rx.changed() => None,
                 };
-                let Some((token, receiver)) = next else {
+                let Some((first, token, receiver)) = next else {
                     break;
                 };
                 let expected = stamp_bytes((leadership, token));
@@ -174,7 +194,7 @@ impl RaftStore {
                         progress.applied = progress.applied.max(token);
                     } else if progress.failed_at.is_none() {
                         tracing::warn!(token, "quorum queue proposal failed: leadership lost");
-                        progress.failed_at = Some(token);
+                        progress.failed_at = Some(first);
                     }
                     progress.settled()
                 };
