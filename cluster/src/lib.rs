@@ -14,6 +14,8 @@
 //!
 //! - [`node`]: a node's groups, its configuration, and proposals forwarded to a group's leader.
 //! - [`membership`]: adding and removing a group's voters, and the node's address book.
+//! - [`handover`]: moving a group's leadership to a chosen member (the old leader holds still
+//!   while the new one is elected).
 //!
 //! The state machines themselves (cluster metadata, quorum queues) live in the broker, which
 //! implements [`state_machine::ReplicatedState`] for them. This crate depends on `storage` and `proto` only
@@ -24,6 +26,7 @@
 #![allow(clippy::result_large_err)]
 
 mod codec;
+pub mod handover;
 pub mod log_store;
 pub mod membership;
 pub mod network;

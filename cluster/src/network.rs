@@ -7,6 +7,7 @@
 //! - [`Groups`] and [`RaftService`]: the server side, routing each request to its group.
 
 use crate::codec::{decode, encode};
+use crate::handover::{HoldRefused, Holds};
 use crate::membership::{apply_voters, AddressBook, Outcome};
 use crate::types::{Command, GroupId, NodeId, TypeConfig};
 use openraft::error::{
@@ -28,7 +29,8 @@ use tonic::{Request, Response, Status};
 use warren_proto::raft::raft_client::RaftClient;
 use warren_proto::raft::raft_server::{Raft as RaftRpc, RaftServer};
 use warren_proto::raft::{
-    MembershipReply, MembershipRequest, ProposeReply, ProposeRequest, RaftReply, RaftRequest,
+    HoldReply, HoldRequest, MembershipReply, MembershipRequest, ProposeReply, ProposeRequest,
+    RaftReply, RaftRequest,
 };
 
 /// How long connecting to a peer may take before the call counts as unreachable.
@@ -183,6 +185,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 #[derive(Clone, Default)]
 pub struct Groups {
     rafts: Arc<RwLock<HashMap<GroupId, Raft<TypeConfig>>>>,
+    holds: Holds,
 }
 
 impl std::fmt::Debug for Groups {
@@ -201,6 +204,7 @@ impl Groups {
     }
 
     pub fn remove(&self, group: GroupId) -> Option<Raft<TypeConfig>> {
+        self.holds.forget(group);
         self.rafts
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -223,6 +227,11 @@ impl Groups {
             .keys()
             .copied()
             .collect()
+    }
+
+    /// The groups whose leadership here holds still for a hand-over.
+    pub fn holds(&self) -> &Holds {
+        &self.holds
     }
 
     pub fn get(&self, group: GroupId) -> Option<Raft<TypeConfig>> {
@@ -303,6 +312,33 @@ impl RaftRpc for RaftService {
         Ok(Response::new(RaftReply {
             payload: Vec::new(),
         }))
+    }
+
+    async fn hold(&self, request: Request<HoldRequest>) -> Result<Response<HoldReply>, Status> {
+        let request = request.into_inner();
+        let group = GroupId(request.group);
+        let raft = self
+            .groups
+            .get(group)
+            .ok_or_else(|| Status::not_found(format!("no raft group {} on this node", group.0)))?;
+        let time = Duration::from_millis(request.millis.min(60_000));
+        Ok(Response::new(
+            match self.groups.holds().hold(group, &raft, request.to, time).await {
+                Ok(()) => HoldReply {
+                    held: true,
+                    leader: 0,
+                    refused: String::new(),
+                },
+                Err(refused) => HoldReply {
+                    held: false,
+                    leader: match refused {
+                        HoldRefused::NotLeader(leader) => leader.unwrap_or(0),
+                        HoldRefused::Behind(_) => 0,
+                    },
+                    refused: refused.to_string(),
+                },
+            },
+        ))
     }
 
     async fn change_membership(

@@ -520,11 +520,9 @@ impl Node {
     }
 
     /// Moves the leadership of `group` to member `to` and waits until this node sees it lead,
-    /// up to `timeout`. openraft 0.9 has no leader transfer: `to` is asked to start an
-    /// election, again each election timeout until it leads. Followers refuse to vote while
-    /// the current leader's lease holds, but the candidate's higher term deposes that leader at
-    /// its next heartbeat; the candidate, holding the highest term and an up-to-date log, then
-    /// wins (or, if another node wins the race, it asks again).
+    /// up to `timeout` (see [`crate::handover`]): the current leader holds still, and `to` is
+    /// asked to start an election every few heartbeats until it leads. Fails when `to` is not
+    /// a voter of the group, or did not take over in time (the old leader then resumes).
     pub async fn transfer_leadership(
         &self,
         group: GroupId,
@@ -532,23 +530,89 @@ impl Node {
         timeout: Duration,
     ) -> Result<(), String> {
         let raft = self.groups.get(group).ok_or("no such group here")?;
+        if !crate::membership::voters(&raft).contains(&to) {
+            return Err(format!("node {to} is not a voter of the group"));
+        }
         let deadline = tokio::time::Instant::now() + timeout;
-        let round = Duration::from_millis(self.config.election_timeout_max_ms.max(100));
+        // Long enough for the followers' lease of the old leader to run out, with a margin.
+        let hold = Duration::from_millis(2 * self.config.election_timeout_max_ms);
+        let ask_every = Duration::from_millis((self.config.heartbeat_ms / 4).max(20));
         loop {
-            if self.leader(group) == Some(to) {
+            let leader = raft.metrics().borrow().current_leader;
+            if leader == Some(to) {
                 return Ok(());
             }
-            if tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
                 return Err(format!(
                     "node {to} did not become the leader within {timeout:?}"
                 ));
             }
-            self.ask_to_elect(group, to).await?;
-            let wait = round.min(deadline - tokio::time::Instant::now());
-            let _ = raft
-                .wait(Some(wait))
-                .metrics(|m| m.current_leader == Some(to), "the new leader")
+            let held = match leader {
+                Some(leader) => self.hold_leader(group, leader, to, hold).await,
+                None => false,
+            };
+            if !held {
+                // No leader known, or it moved meanwhile: wait for news, then look again.
+                let _ = tokio::time::timeout(
+                    ask_every.min(deadline - now),
+                    raft.metrics().changed(),
+                )
                 .await;
+                continue;
+            }
+            let round_end = (tokio::time::Instant::now() + hold).min(deadline);
+            while tokio::time::Instant::now() < round_end {
+                if raft.metrics().borrow().current_leader == Some(to) {
+                    return Ok(());
+                }
+                if let Err(why) = self.ask_to_elect(group, to).await {
+                    tracing::debug!(?group, to, why, "asking for an election");
+                }
+                let _ = raft
+                    .wait(Some(ask_every))
+                    .metrics(|m| m.current_leader == Some(to), "the new leader")
+                    .await;
+            }
+        }
+    }
+
+    /// Asks `leader` to hold its leadership of `group` still for `time`, for `to` to take
+    /// over; true once it does and `to` has caught up.
+    async fn hold_leader(&self, group: GroupId, leader: NodeId, to: NodeId, time: Duration) -> bool {
+        if leader == self.id() {
+            let Some(raft) = self.groups.get(group) else {
+                return false;
+            };
+            return match self.groups.holds().hold(group, &raft, to, time).await {
+                Ok(()) => true,
+                Err(refused) => {
+                    tracing::info!(?group, to, %refused, "hold refused");
+                    false
+                }
+            };
+        }
+        let Ok(channel) = self.channel_to(leader) else {
+            return false;
+        };
+        let mut request = Request::new(warren_proto::raft::HoldRequest {
+            group: group.0,
+            millis: time.as_millis() as u64,
+            to,
+        });
+        request.set_timeout(time + Duration::from_secs(1));
+        match RaftClient::new(channel).hold(request).await {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                if !reply.held {
+                    tracing::info!(?group, leader, to, refused = reply.refused, "hold refused");
+                }
+                reply.held
+            }
+            Err(status) => {
+                tracing::debug!(?group, leader, %status, "hold");
+                false
+            }
         }
     }
 

@@ -639,6 +639,113 @@ async fn a_quorum_queue_loses_nothing_confirmed_when_its_leader_is_killed() {
     );
 }
 
+/// `warrenctl transfer-leadership` through node `via`'s admin plane; how long it took.
+fn transfer_leadership(cluster: &Cluster, via: usize, queue: &str, to: usize) -> Duration {
+    let started = std::time::Instant::now();
+    let out = Command::new(warren_tests::warrenctl_binary())
+        .arg("--server")
+        .arg(cluster.node(via).admin_url())
+        .args(["transfer-leadership", queue, "--to", &to.to_string()])
+        .output()
+        .expect("warrenctl");
+    assert!(
+        out.status.success(),
+        "transfer of '{queue}' to node {to} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leadership_moves_to_the_chosen_replica_under_load_and_loses_nothing() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use warren_tests::oracle::{self, Oracle};
+
+    let cluster = Cluster::start(3);
+    declare_quorum(cluster.node(1), "moving").await;
+    let first = wait_for_leader(&cluster, 1, "moving").await;
+    let oracle = Oracle::default();
+    let stop_publisher = Arc::new(AtomicBool::new(false));
+    let stop_consumer = Arc::new(AtomicBool::new(false));
+    let urls = |order: [usize; 3]| -> Vec<String> {
+        order.iter().map(|i| cluster.node(*i).url()).collect()
+    };
+    let publisher = tokio::spawn(oracle::publish(
+        oracle.clone(),
+        urls([1, 2, 3]),
+        "moving".into(),
+        0..u64::MAX,
+        64,
+        Arc::clone(&stop_publisher),
+    ));
+    let consumer = tokio::spawn(oracle::consume(
+        oracle.clone(),
+        urls([3, 1, 2]),
+        "moving".into(),
+        Arc::clone(&stop_consumer),
+    ));
+
+    // The leadership goes round every replica, each move asked through a different node's
+    // admin plane, while messages flow; every move must succeed, and every time.
+    let mut order: Vec<usize> = (1..=3).filter(|i| *i != first).collect();
+    order.push(first);
+    for (round, to) in order.into_iter().enumerate() {
+        let confirmed = oracle.confirmed_count();
+        let via = round % 3 + 1;
+        let took = transfer_leadership(&cluster, via, "moving", to);
+        println!("leadership of 'moving' to node {to} (asked through node {via}) in {took:?}");
+        for i in 1..=3 {
+            assert_eq!(
+                wait_for_leader_to_be(&cluster, i, "moving", to).await,
+                Some(to),
+                "node {i} sees another leader\n{}",
+                cluster.logs()
+            );
+        }
+        // Publishing goes on under the new leader.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while oracle.confirmed_count() < confirmed + 200 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "publishing stalled after the move to node {to}: {}\n{}",
+                oracle.report(),
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    stop_publisher.store(true, std::sync::atomic::Ordering::Relaxed);
+    publisher.await.expect("publisher task");
+    drain_and_check(
+        &oracle,
+        &stop_consumer,
+        consumer,
+        &cluster,
+        "leadership moves",
+    )
+    .await;
+}
+
+/// The leader node `via` reports for queue `name`, once it is `expected` (or after 10 s,
+/// whatever it is then).
+async fn wait_for_leader_to_be(
+    cluster: &Cluster,
+    via: usize,
+    name: &str,
+    expected: usize,
+) -> Option<usize> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let leader = leader_of(cluster, via, name).await;
+        if leader == Some(expected) || tokio::time::Instant::now() > deadline {
+            return leader;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// What each running node's admin plane says of queue `name`.
 async fn queue_states(cluster: &Cluster, name: &str) -> String {
     let mut out = String::new();

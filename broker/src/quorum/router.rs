@@ -307,13 +307,21 @@ impl Running {
                 // too, and fences off what earlier leaderships may still propose. That needs
                 // a majority; without one (this node is cut off), try again shortly rather
                 // than wait here for good.
-                let timing = self.r.broker.cluster_node().map(|n| n.config().clone());
-                let lease = timing.map_or(std::time::Duration::ZERO, |c| {
-                    std::time::Duration::from_millis(
-                        c.election_timeout_min_ms.saturating_sub(c.heartbeat_ms),
-                    )
-                });
-                let store = Arc::new(RaftStore::new(raft.clone(), self.r.data.clone(), lease));
+                let Some(node) = self.r.broker.cluster_node() else {
+                    return self.retarget(Target::Nowhere);
+                };
+                let timing = node.config();
+                let lease = std::time::Duration::from_millis(
+                    timing
+                        .election_timeout_min_ms
+                        .saturating_sub(timing.heartbeat_ms),
+                );
+                let store = Arc::new(RaftStore::new(
+                    raft.clone(),
+                    self.r.data.clone(),
+                    lease,
+                    node.groups().holds().watch(self.r.group),
+                ));
                 let claimed = tokio::time::timeout(LEADING_CHECK, store.claim()).await;
                 if !matches!(claimed, Ok(true)) {
                     store.abandon();

@@ -106,10 +106,14 @@ impl RaftStore {
     /// `election_timeout_max` after they last heard from this leader (openraft's leader lease),
     /// so any `lease` well below that is safe; the node uses the election timeout's minimum
     /// less a heartbeat.
+    ///
+    /// Proposals wait while `held` is true: the leadership holds still for a hand-over
+    /// (`warren_cluster::handover`).
     pub fn new(
         raft: warren_cluster::types::GroupRaft,
         data: SharedData,
         lease: std::time::Duration,
+        mut held: tokio::sync::watch::Receiver<bool>,
     ) -> RaftStore {
         let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Vec<u8>)>();
         let (wait_tx, mut wait_rx) = mpsc::unbounded_channel();
@@ -142,6 +146,9 @@ impl RaftStore {
         let stopped = abandoned.subscribe();
         tokio::spawn(async move {
             while let Some((first, command)) = rx.recv().await {
+                // A hand-over in progress: nothing may renew the followers' lease of this
+                // leader. (A dropped sender means the group stopped: go on and fail.)
+                let _ = held.wait_for(|held| !held).await;
                 if *stopped.borrow() {
                     // Abandoned: nothing more of this leadership reaches the log.
                     return;
