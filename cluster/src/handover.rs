@@ -99,7 +99,12 @@ impl Holds {
         };
         raft.runtime_config().heartbeat(false);
         raft.runtime_config().elect(false);
-        tracing::info!(?group, ?time, to, "holding the leadership still for a hand-over");
+        tracing::info!(
+            ?group,
+            ?time,
+            to,
+            "holding the leadership still for a hand-over"
+        );
         let caught_up = raft
             .wait(Some(time / 2))
             .metrics(

@@ -323,7 +323,12 @@ impl RaftRpc for RaftService {
             .ok_or_else(|| Status::not_found(format!("no raft group {} on this node", group.0)))?;
         let time = Duration::from_millis(request.millis.min(60_000));
         Ok(Response::new(
-            match self.groups.holds().hold(group, &raft, request.to, time).await {
+            match self
+                .groups
+                .holds()
+                .hold(group, &raft, request.to, time)
+                .await
+            {
                 Ok(()) => HoldReply {
                     held: true,
                     leader: 0,

@@ -554,11 +554,9 @@ impl Node {
             };
             if !held {
                 // No leader known, or it moved meanwhile: wait for news, then look again.
-                let _ = tokio::time::timeout(
-                    ask_every.min(deadline - now),
-                    raft.metrics().changed(),
-                )
-                .await;
+                let _ =
+                    tokio::time::timeout(ask_every.min(deadline - now), raft.metrics().changed())
+                        .await;
                 continue;
             }
             let round_end = (tokio::time::Instant::now() + hold).min(deadline);
@@ -579,7 +577,13 @@ impl Node {
 
     /// Asks `leader` to hold its leadership of `group` still for `time`, for `to` to take
     /// over; true once it does and `to` has caught up.
-    async fn hold_leader(&self, group: GroupId, leader: NodeId, to: NodeId, time: Duration) -> bool {
+    async fn hold_leader(
+        &self,
+        group: GroupId,
+        leader: NodeId,
+        to: NodeId,
+        time: Duration,
+    ) -> bool {
         if leader == self.id() {
             let Some(raft) = self.groups.get(group) else {
                 return false;

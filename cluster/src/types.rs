@@ -8,12 +8,40 @@ use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 
 /// A command to a group's state machine, encoded by the state machine's owner.
+///
+/// Serialized as one byte string (`serde_bytes`), not as a sequence of `u8`s: bincode then
+/// copies it in one go instead of one serde call per byte (that per-byte pass was 40% of a
+/// busy quorum queue leader's CPU). Both forms are the same bytes in bincode (a length, then
+/// the bytes), so logs written before the change read back unchanged.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Command(pub Vec<u8>);
+pub struct Command(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
 /// A state machine's answer to one applied entry (empty for blank and membership entries).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reply(pub Vec<u8>);
+pub struct Reply(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the log held before commands were byte strings.
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct PerByte(Vec<u8>);
+
+    #[test]
+    fn a_command_encodes_as_it_did_when_it_was_a_sequence_of_bytes() {
+        for len in [0usize, 1, 250, 251, 300, 70_000] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let old = crate::codec::encode(&PerByte(bytes.clone()));
+            let new = crate::codec::encode(&Command(bytes.clone()));
+            assert_eq!(old, new, "length {len}");
+            let back: Command = crate::codec::decode(&old).expect("decodes");
+            assert_eq!(back.0, bytes);
+            let reply: Reply = crate::codec::decode(&old).expect("decodes");
+            assert_eq!(reply.0, bytes);
+        }
+    }
+}
 
 openraft::declare_raft_types!(
     /// Warren's raft types.
