@@ -48,7 +48,8 @@ pub async fn serve(
         AdminServer::new(service).max_decoding_message_size(REQUEST_BYTES_MAX),
         move |request| check.check(request),
     );
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // As on the cluster listener: TCP_NODELAY set on each accepted connection.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(admin)
         .add_service(reflection)
