@@ -506,12 +506,7 @@ async fn a_quorum_queue_loses_nothing_confirmed_when_its_leader_is_killed() {
     declare_quorum(cluster.node(1), "orders").await;
     let leader = wait_for_leader(&cluster, 2, "orders").await;
     // Leadership cannot move to a node without a replica (warrenctl through node 1's admin).
-    let refused = Command::new(warren_tests::warrenctl_binary())
-        .arg("--server")
-        .arg(cluster.node(1).admin_url())
-        .args(["transfer-leadership", "orders", "--to", "9"])
-        .output()
-        .expect("warrenctl");
+    let refused = warrenctl(&cluster, 1, &["transfer-leadership", "orders", "--to", "9"]);
     assert!(!refused.status.success(), "node 9 holds no replica");
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("holds no replica"),
@@ -639,15 +634,24 @@ async fn a_quorum_queue_loses_nothing_confirmed_when_its_leader_is_killed() {
     );
 }
 
+/// `warrenctl ARGS` through node `via`'s admin plane.
+fn warrenctl(cluster: &Cluster, via: usize, args: &[&str]) -> std::process::Output {
+    Command::new(warren_tests::warrenctl_binary())
+        .arg("--server")
+        .arg(cluster.node(via).admin_url())
+        .args(args)
+        .output()
+        .expect("warrenctl")
+}
+
 /// `warrenctl transfer-leadership` through node `via`'s admin plane; how long it took.
 fn transfer_leadership(cluster: &Cluster, via: usize, queue: &str, to: usize) -> Duration {
     let started = std::time::Instant::now();
-    let out = Command::new(warren_tests::warrenctl_binary())
-        .arg("--server")
-        .arg(cluster.node(via).admin_url())
-        .args(["transfer-leadership", queue, "--to", &to.to_string()])
-        .output()
-        .expect("warrenctl");
+    let out = warrenctl(
+        cluster,
+        via,
+        &["transfer-leadership", queue, "--to", &to.to_string()],
+    );
     assert!(
         out.status.success(),
         "transfer of '{queue}' to node {to} failed: {}\n{}",
@@ -1106,12 +1110,7 @@ async fn a_node_joins_and_another_leaves_and_quorum_queues_keep_every_message() 
 
     // Node 4 starts with `cluster.join` and waits; node 2 adds it (with warrenctl).
     let (four, address) = cluster.launch_joining();
-    let added = Command::new(warren_tests::warrenctl_binary())
-        .arg("--server")
-        .arg(cluster.node(2).admin_url())
-        .args(["add-member", &four.to_string(), &address])
-        .output()
-        .expect("warrenctl");
+    let added = warrenctl(&cluster, 2, &["add-member", &four.to_string(), &address]);
     assert!(
         added.status.success(),
         "add-member: {}\n{}",
