@@ -52,18 +52,20 @@ struct HoldState {
     generation: u64,
 }
 
+impl Default for HoldState {
+    fn default() -> HoldState {
+        HoldState {
+            held: watch::channel(false).0,
+            generation: 0,
+        }
+    }
+}
+
 impl Holds {
     /// `true` while this node's leadership of `group` holds still: proposals wait.
     pub fn watch(&self, group: GroupId) -> watch::Receiver<bool> {
         let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
-        groups
-            .entry(group)
-            .or_insert_with(|| HoldState {
-                held: watch::channel(false).0,
-                generation: 0,
-            })
-            .held
-            .subscribe()
+        groups.entry(group).or_default().held.subscribe()
     }
 
     /// Makes this node, the leader of `raft`'s `group`, hold still for at most `time` (no
@@ -89,10 +91,7 @@ impl Holds {
         }
         let generation = {
             let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
-            let state = groups.entry(group).or_insert_with(|| HoldState {
-                held: watch::channel(false).0,
-                generation: 0,
-            });
+            let state = groups.entry(group).or_default();
             state.generation += 1;
             state.held.send_replace(true);
             state.generation

@@ -537,16 +537,14 @@ async fn a_quorum_queue_loses_nothing_confirmed_when_its_leader_is_killed() {
     ));
 
     // Mid-stream, the queue's leader dies.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while oracle.confirmed_count() < 1500 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "publishing stalled before the kill: {}\n{}",
-            oracle.report(),
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    await_confirmed(
+        &oracle,
+        1500,
+        Duration::from_secs(60),
+        &cluster,
+        "before the kill",
+    )
+    .await;
     let confirmed_before = oracle.confirmed_count();
     cluster.node_mut(leader).kill();
 
@@ -709,16 +707,15 @@ async fn leadership_moves_to_the_chosen_replica_under_load_and_loses_nothing() {
             );
         }
         // Publishing goes on under the new leader.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while oracle.confirmed_count() < confirmed + 200 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "publishing stalled after the move to node {to}: {}\n{}",
-                oracle.report(),
-                cluster.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let what = format!("after the move to node {to}");
+        await_confirmed(
+            &oracle,
+            confirmed + 200,
+            Duration::from_secs(30),
+            &cluster,
+            &what,
+        )
+        .await;
     }
     stop_publisher.store(true, std::sync::atomic::Ordering::Relaxed);
     publisher.await.expect("publisher task");
@@ -747,6 +744,26 @@ async fn wait_for_leader_to_be(
             return leader;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `oracle` counts at least `count` confirms; fails (saying `what`) after `within`.
+async fn await_confirmed(
+    oracle: &warren_tests::oracle::Oracle,
+    count: usize,
+    within: Duration,
+    cluster: &Cluster,
+    what: &str,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    while oracle.confirmed_count() < count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publishing stalled {what}: {}\n{}",
+            oracle.report(),
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
