@@ -6,6 +6,8 @@
 //!   and stops cleanly on SIGTERM.
 //! - Quorum queues: a killed leader, a partitioned leader, and random kills and partitions
 //!   (the total-queue checker) lose nothing confirmed and mark every repeat `redelivered`.
+//! - Poison messages: a quorum queue's delivery counts (`x-delivery-limit`) carry over to a
+//!   new leader.
 //! - Membership: a node joins and serves queues it holds no replica of; a member leaves after
 //!   its replicas moved; nothing confirmed is lost.
 
@@ -478,8 +480,12 @@ async fn wait_for_leader(cluster: &Cluster, via: usize, name: &str) -> usize {
 }
 
 async fn declare_quorum(node: &Warren, name: &str) {
+    declare_quorum_with(node, name, FieldTable::default()).await
+}
+
+/// Declares quorum queue `name` with `args` besides its type.
+async fn declare_quorum_with(node: &Warren, name: &str, mut args: FieldTable) {
     let (_c, ch) = channel(node).await;
-    let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),
         lapin::types::AMQPValue::LongString("quorum".into()),
@@ -1195,4 +1201,108 @@ async fn a_node_joins_and_another_leaves_and_quorum_queues_keep_every_message() 
     let got = take_ids(cluster.node(survivor), "moving", 250).await;
     assert_eq!(got, (0..250).collect(), "every confirmed message, once");
     phase("all taken after the leader was killed");
+}
+
+/// The `x-delivery-count` header of a delivery, if any.
+fn delivery_count(delivery: &lapin::message::Delivery) -> Option<i64> {
+    use lapin::types::AMQPValue;
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get("x-delivery-count")? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some((*n).into()),
+        other => panic!("x-delivery-count of an odd type: {other:?}"),
+    }
+}
+
+/// Takes one message from `name` with `basic.get` (unacked), waiting up to 10 s for one.
+async fn get_one(ch: &Channel, name: &str) -> lapin::message::BasicGetMessage {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(m) = ch
+            .basic_get(name.into(), BasicGetOptions { no_ack: false })
+            .await
+            .expect("get")
+        {
+            return m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing arrived in '{name}'"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delivery_counts_of_a_quorum_queue_survive_a_leader_change() {
+    use lapin::types::AMQPValue;
+    let cluster = Cluster::start(3);
+    let mut args = FieldTable::default();
+    args.insert("x-delivery-limit".into(), AMQPValue::LongInt(2));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString("poison-dead".into()),
+    );
+    declare_quorum_with(cluster.node(1), "poison", args).await;
+    declare_quorum(cluster.node(1), "poison-dead").await;
+    let leader = wait_for_leader(&cluster, 1, "poison").await;
+    publish_confirmed(cluster.node(leader), "poison", 0..1).await;
+
+    // Returned twice through the leader: delivered 3 times in all is the limit.
+    let (_c, ch) = channel(cluster.node(leader)).await;
+    for returns in 0..2 {
+        let m = get_one(&ch, "poison").await;
+        assert_eq!(m.delivery.data, b"0");
+        assert_eq!(
+            delivery_count(&m.delivery),
+            (returns > 0).then_some(returns),
+            "delivery {returns}"
+        );
+        ch.basic_reject(
+            m.delivery.delivery_tag,
+            BasicRejectOptions { requeue: true },
+        )
+        .await
+        .expect("reject");
+    }
+    // A confirmed publish after the rejects, on the same channel to the same leader: the
+    // queue proposes in order, so once it is committed the returns are too.
+    publish_confirmed(cluster.node(leader), "poison", 1..2).await;
+
+    let to = (1..=3).find(|i| *i != leader).expect("another replica");
+    transfer_leadership(&cluster, leader, "poison", to);
+    assert_eq!(
+        wait_for_leader_to_be(&cluster, to, "poison", to).await,
+        Some(to)
+    );
+
+    // The new leader knows the message was returned twice: its third delivery says so, and a
+    // third return dead-letters it.
+    let (_c2, ch2) = channel(cluster.node(to)).await;
+    let m = get_one(&ch2, "poison").await;
+    assert_eq!(m.delivery.data, b"0");
+    assert!(m.delivery.redelivered);
+    assert_eq!(
+        delivery_count(&m.delivery),
+        Some(2),
+        "the count came over with the leadership\n{}",
+        cluster.logs()
+    );
+    ch2.basic_reject(
+        m.delivery.delivery_tag,
+        BasicRejectOptions { requeue: true },
+    )
+    .await
+    .expect("reject");
+    let dead = get_one(&ch2, "poison-dead").await;
+    assert_eq!(
+        dead.delivery.data, b"0",
+        "the poison message was dead-lettered"
+    );
+    let next = get_one(&ch2, "poison").await;
+    assert_eq!(next.delivery.data, b"1", "only the later message is left");
 }

@@ -347,12 +347,13 @@ impl QueueState {
                 dropped.push(seq);
                 continue;
             }
+            let delivery_count = store.delivery_count(seq);
             self.push_ready(Entry {
                 seq,
                 message: Arc::new(stored.message),
                 enqueued_at_ms: stored.enqueued_at_ms,
-                redelivered: recovered,
-                delivery_count: 0,
+                redelivered: recovered || delivery_count > 0,
+                delivery_count,
                 stored: true,
             });
         }
@@ -611,7 +612,7 @@ impl QueueState {
         action: SettleAction,
         out: &mut Vec<Effect>,
     ) -> Result<u64, BrokerError> {
-        let mut removed = Vec::new();
+        let (mut removed, mut returned) = (Vec::new(), Vec::new());
         let mut settled = 0;
         let mut sorted = seqs.to_vec();
         sorted.sort_unstable();
@@ -652,15 +653,21 @@ impl QueueState {
                     {
                         self.discard(entry, DeathReason::DeliveryLimit, out)?;
                     } else {
+                        if entry.stored {
+                            returned.push(entry.seq);
+                        }
                         self.push_ready(entry);
                     }
                 }
                 SettleAction::Discard => self.discard(entry, DeathReason::Rejected, out)?,
             }
         }
-        if !removed.is_empty() {
-            if let Some(store) = &self.store {
+        if let Some(store) = &self.store {
+            if !removed.is_empty() {
                 store.remove(&removed)?;
+            }
+            if !returned.is_empty() {
+                store.returned(&returned)?;
             }
         }
         Ok(settled)
@@ -791,12 +798,13 @@ impl QueueState {
                     if (stored.transient && recovered) || out.len() >= count {
                         continue;
                     }
+                    let delivery_count = store.delivery_count(seq);
                     out.push(Entry {
                         seq,
                         message: Arc::new(stored.message),
                         enqueued_at_ms: stored.enqueued_at_ms,
-                        redelivered: recovered,
-                        delivery_count: 0,
+                        redelivered: recovered || delivery_count > 0,
+                        delivery_count,
                         stored: true,
                     });
                 }

@@ -18,6 +18,16 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
     fn remove_from(&self, from: u64) -> Result<(), BrokerError>;
     /// Up to `limit` stored messages with `seq >= from`, in order.
     fn read_from(&self, from: u64, limit: usize) -> Result<Vec<(u64, StoredMessage)>, BrokerError>;
+    /// Records that messages went back to the queue unsettled (requeued), for a store that
+    /// keeps their delivery counts (a quorum queue's, so that `x-delivery-limit` counts on
+    /// under a new leader). `seqs` ascending.
+    fn returned(&self, _seqs: &[u64]) -> Result<(), BrokerError> {
+        Ok(())
+    }
+    /// How many times stored message `seq` went back to the queue, as far as the store knows.
+    fn delivery_count(&self, _seq: u64) -> u32 {
+        0
+    }
     /// Messages stored, and one past the highest seq ever stored.
     fn live(&self) -> (u64, u64);
     /// Calls `done` once `lsn` is durable (or with the error that prevented it).

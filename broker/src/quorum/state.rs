@@ -23,6 +23,9 @@ pub struct QueueData {
     pub bytes: u64,
     /// The leadership that last claimed the queue: only its commands apply (0: none yet).
     pub owner: u64,
+    /// How many times each message went back to the queue unsettled (only those that did):
+    /// its delivery count, which `x-delivery-limit` checks, kept across leaders.
+    pub returns: BTreeMap<u64, u32>,
 }
 
 impl QueueData {
@@ -38,6 +41,13 @@ impl QueueData {
         if let Some(old) = self.messages.remove(&seq) {
             self.bytes -= old.len() as u64;
         }
+        self.returns.remove(&seq);
+    }
+
+    fn returned(&mut self, seq: u64) {
+        if self.messages.contains_key(&seq) {
+            *self.returns.entry(seq).or_default() += 1;
+        }
     }
 }
 
@@ -52,6 +62,7 @@ const REMOVE: u8 = 1;
 const REMOVE_FROM: u8 = 2;
 const CLAIM: u8 = 3;
 const BATCH: u8 = 4;
+const RETURNED: u8 = 5;
 
 /// Who proposed a command: a leadership's random id and the proposal's number within it.
 pub type Stamp = (u64, u64);
@@ -70,6 +81,9 @@ pub enum QuorumCommand {
     /// its successor loaded the queue — even from the same node, re-elected in a later term —
     /// and must not change what the successor serves.)
     Claim,
+    /// Messages that went back to the queue unsettled (rejected or nacked with requeue, or
+    /// their consumer's channel closed): each one's delivery count goes up by one.
+    Returned { seqs: Vec<u64> },
 }
 
 /// The reply of an applied command: its stamp.
@@ -88,6 +102,7 @@ impl QuorumCommand {
             QuorumCommand::Remove { .. } => REMOVE,
             QuorumCommand::RemoveFrom { .. } => REMOVE_FROM,
             QuorumCommand::Claim => CLAIM,
+            QuorumCommand::Returned { .. } => RETURNED,
         };
         buf.put_u8(tag);
         buf.put_u64(stamp.0);
@@ -98,7 +113,7 @@ impl QuorumCommand {
                 buf.put_u64(*seq);
                 buf.put_slice(record);
             }
-            QuorumCommand::Remove { seqs } => {
+            QuorumCommand::Remove { seqs } | QuorumCommand::Returned { seqs } => {
                 for s in seqs {
                     buf.put_u64(*s);
                 }
@@ -136,15 +151,19 @@ impl QuorumCommand {
                     record: Bytes::copy_from_slice(b),
                 })
             }
-            REMOVE => {
+            REMOVE | RETURNED => {
                 if b.len() % 8 != 0 {
-                    return Err("quorum remove command of odd length".into());
+                    return Err(format!("quorum command {tag} of odd length"));
                 }
                 let mut seqs = Vec::with_capacity(b.len() / 8);
                 while b.has_remaining() {
                     seqs.push(b.get_u64());
                 }
-                Ok(QuorumCommand::Remove { seqs })
+                Ok(if tag == REMOVE {
+                    QuorumCommand::Remove { seqs }
+                } else {
+                    QuorumCommand::Returned { seqs }
+                })
             }
             REMOVE_FROM => {
                 need(b, 8)?;
@@ -240,6 +259,11 @@ impl QuorumState {
                     data.remove(s);
                 }
             }
+            QuorumCommand::Returned { seqs } => {
+                for s in seqs {
+                    data.returned(s);
+                }
+            }
             QuorumCommand::RemoveFrom { from } => {
                 let gone: Vec<u64> = data.messages.range(from..).map(|(s, _)| *s).collect();
                 for s in gone {
@@ -275,9 +299,14 @@ impl ReplicatedState for QuorumState {
         }
     }
 
+    /// Bound, owner, the messages (seq, length, record), then the delivery counts (seq,
+    /// count) of those that went back to the queue. A snapshot written before delivery counts
+    /// were kept ends after the messages, and restores with none.
     fn snapshot(&self) -> Vec<u8> {
         let data = lock(&self.data);
-        let mut buf = BytesMut::with_capacity(24 + data.bytes as usize + 12 * data.messages.len());
+        let mut buf = BytesMut::with_capacity(
+            32 + data.bytes as usize + 12 * (data.messages.len() + data.returns.len()),
+        );
         buf.put_u64(data.bound);
         buf.put_u64(data.owner);
         buf.put_u64(data.messages.len() as u64);
@@ -285,6 +314,11 @@ impl ReplicatedState for QuorumState {
             buf.put_u64(*seq);
             buf.put_u32(record.len() as u32);
             buf.put_slice(record);
+        }
+        buf.put_u64(data.returns.len() as u64);
+        for (seq, count) in &data.returns {
+            buf.put_u64(*seq);
+            buf.put_u32(*count);
         }
         buf.to_vec()
     }
@@ -313,6 +347,19 @@ impl ReplicatedState for QuorumState {
             fresh.insert(seq, Bytes::copy_from_slice(&b[..len]));
             b.advance(len);
         }
+        if b.has_remaining() {
+            if b.len() < 8 {
+                return Err(truncated());
+            }
+            let count = b.get_u64();
+            for _ in 0..count {
+                if b.len() < 12 {
+                    return Err(truncated());
+                }
+                let (seq, returns) = (b.get_u64(), b.get_u32());
+                fresh.returns.insert(seq, returns);
+            }
+        }
         *lock(&self.data) = fresh;
         Ok(())
     }
@@ -338,6 +385,8 @@ mod tests {
                 seq: 12,
                 record: Bytes::from_static(b"twelve"),
             },
+            QuorumCommand::Returned { seqs: vec![7, 9] },
+            QuorumCommand::Returned { seqs: vec![9, 11] },
             QuorumCommand::Remove { seqs: vec![7] },
             QuorumCommand::RemoveFrom { from: 10 },
         ];
@@ -353,6 +402,14 @@ mod tests {
             assert_eq!(data.messages.keys().copied().collect::<Vec<_>>(), [9]);
             assert_eq!(data.bound, 13, "removal never lowers the bound");
             assert_eq!(data.bytes, 4);
+            assert_eq!(
+                data.returns
+                    .iter()
+                    .map(|(s, c)| (*s, *c))
+                    .collect::<Vec<_>>(),
+                [(9, 2)],
+                "returns count per stored message, and go with it"
+            );
         }
         let mut copy = QuorumState::default();
         copy.restore(&state.snapshot()).await.unwrap();
@@ -360,7 +417,16 @@ mod tests {
             let (a, b) = (lock(&state.data), lock(&copy.data));
             assert_eq!(a.messages, b.messages);
             assert_eq!((a.bound, a.bytes, a.owner), (b.bound, b.bytes, b.owner));
+            assert_eq!(a.returns, b.returns, "delivery counts survive a snapshot");
         }
+        // A snapshot from before delivery counts were kept (it ends after the messages)
+        // restores with none; one cut inside the counts is refused.
+        let full = state.snapshot();
+        let mut old = QuorumState::default();
+        old.restore(&full[..full.len() - 20]).await.unwrap();
+        assert_eq!(lock(&old.data).messages, lock(&state.data).messages);
+        assert!(lock(&old.data).returns.is_empty());
+        assert!(old.restore(&full[..full.len() - 3]).await.is_err());
         // Another leadership claims the queue: the first one's commands no longer apply.
         assert_eq!(
             copy.apply(&QuorumCommand::Claim.encode((43, 0))).await,

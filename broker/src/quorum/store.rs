@@ -306,6 +306,17 @@ impl MessageStore for RaftStore {
         self.propose(QuorumCommand::RemoveFrom { from }).map(drop)
     }
 
+    fn returned(&self, seqs: &[u64]) -> Result<(), BrokerError> {
+        self.propose(QuorumCommand::Returned {
+            seqs: seqs.to_vec(),
+        })
+        .map(drop)
+    }
+
+    fn delivery_count(&self, seq: u64) -> u32 {
+        lock(&self.data).returns.get(&seq).copied().unwrap_or(0)
+    }
+
     fn read_from(&self, from: u64, limit: usize) -> Result<Vec<(u64, StoredMessage)>, BrokerError> {
         let data = lock(&self.data);
         data.messages
