@@ -70,5 +70,14 @@ pub struct GroupId(pub u64);
 /// One raft group's handle.
 pub type GroupRaft = openraft::Raft<TypeConfig>;
 
+/// Why `raft`'s group stopped, if it failed (openraft's `Fatal`: a storage error, a panic in
+/// its core) rather than being shut down or still running.
+pub fn failure(raft: &GroupRaft) -> Option<String> {
+    match &raft.metrics().borrow().running_state {
+        Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
+        Err(fatal) => Some(fatal.to_string()),
+    }
+}
+
 /// What a group reports of its membership and leadership (a watch of it follows changes).
 pub type ServerMetrics = openraft::metrics::RaftServerMetrics<NodeId, openraft::BasicNode>;

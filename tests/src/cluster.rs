@@ -71,16 +71,21 @@ fn node_in(dir: &Path, amqp_port: u16) -> Warren {
 impl Cluster {
     /// Starts `n` nodes on fresh data directories and waits until every one is ready.
     pub fn start(n: usize) -> Cluster {
-        Cluster::start_with(n, false)
+        Cluster::start_with(n, false, "")
+    }
+
+    /// Starts `n` nodes whose configuration files end with `extra` (TOML sections).
+    pub fn start_configured(n: usize, extra: &str) -> Cluster {
+        Cluster::start_with(n, false, extra)
     }
 
     /// Starts `n` nodes whose raft traffic passes through a proxy per ordered pair of nodes,
     /// so that [`Cluster::isolate`] can cut a node off.
     pub fn start_partitionable(n: usize) -> Cluster {
-        Cluster::start_with(n, true)
+        Cluster::start_with(n, true, "")
     }
 
-    fn start_with(n: usize, partitionable: bool) -> Cluster {
+    fn start_with(n: usize, partitionable: bool, extra: &str) -> Cluster {
         let temp = tempfile::Builder::new()
             .prefix("warren-cluster-")
             .tempdir()
@@ -112,6 +117,11 @@ impl Cluster {
                 })
                 .collect();
             write_config(&config, id, &members, false);
+            if !extra.is_empty() {
+                let mut text = std::fs::read_to_string(&config).expect("configuration");
+                text.push_str(extra);
+                std::fs::write(&config, text).expect("writing a node's configuration");
+            }
             nodes.push(node_in(&dir, amqp_ports[id - 1]));
         }
         let mut cluster = Cluster {

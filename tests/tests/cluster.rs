@@ -1306,3 +1306,184 @@ async fn delivery_counts_of_a_quorum_queue_survive_a_leader_change() {
     let next = get_one(&ch2, "poison").await;
     assert_eq!(next.delivery.data, b"1", "only the later message is left");
 }
+
+/// Flips one byte inside every occurrence of `marker` in the write-ahead log segments under
+/// `dir`; how many it flipped.
+fn corrupt_log_records(dir: &std::path::Path, marker: &[u8]) -> usize {
+    let mut flipped = 0;
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "wal") {
+                continue;
+            }
+            let mut bytes = std::fs::read(&path).expect("read segment");
+            let mut found = false;
+            let mut at = 0;
+            while let Some(i) = bytes[at..].windows(marker.len()).position(|w| w == marker) {
+                let i = at + i;
+                bytes[i + marker.len() / 2] ^= 0x40;
+                flipped += 1;
+                found = true;
+                at = i + marker.len();
+            }
+            if found {
+                std::fs::write(&path, &bytes).expect("write segment");
+            }
+        }
+    }
+    flipped
+}
+
+/// Whether node `via`'s admin plane reports its replica of quorum queue `name` fenced, and
+/// why (`None` while the node does not answer or does not list the queue).
+async fn fence_of(cluster: &Cluster, via: usize, name: &str) -> Option<String> {
+    use warren_tests::admin::Credentials;
+    let channel = tonic::transport::Channel::from_shared(cluster.node(via).admin_url())
+        .expect("admin url")
+        .connect()
+        .await
+        .ok()?;
+    let mut admin = warren_proto::admin::admin_client::AdminClient::with_interceptor(
+        channel,
+        Credentials::basic("guest", "guest"),
+    );
+    let list = admin
+        .list_queues(warren_proto::admin::ListRequest { vhost: "/".into() })
+        .await
+        .ok()?
+        .into_inner();
+    list.queues
+        .into_iter()
+        .find(|q| q.name == name)
+        .map(|q| q.fenced)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_with_a_corrupt_log_is_fenced_and_its_node_serves_the_queue_from_peers() {
+    // Segments of 33 MiB (the least the default record limit allows), so that the records
+    // of 'hurt' end up in a sealed segment: a clean restart then finds the damage only when
+    // the replica reads them (the log's recovery checks the segment it continues in).
+    let mut cluster = Cluster::start_configured(3, "\n[storage]\nsegment_bytes = 34603008\n");
+    declare_quorum(cluster.node(1), "hurt").await;
+    declare_quorum(cluster.node(1), "whole").await;
+    declare_quorum(cluster.node(1), "filler").await;
+    wait_for_leader(&cluster, 1, "hurt").await;
+    wait_for_leader(&cluster, 1, "whole").await;
+    wait_for_leader(&cluster, 1, "filler").await;
+    // Bodies long enough that the marker cannot occur by chance elsewhere.
+    let body = |queue: &str, id: u64| format!("{queue}-record-{id:06}-of-the-fencing-test");
+    let filler = vec![b'f'; 1 << 20];
+    let (_c, ch) = channel(cluster.node(1)).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
+    let batches: [(&str, Vec<Vec<u8>>); 3] = [
+        (
+            "hurt",
+            (0..40).map(|id| body("hurt", id).into_bytes()).collect(),
+        ),
+        (
+            "whole",
+            (0..40).map(|id| body("whole", id).into_bytes()).collect(),
+        ),
+        // Enough to roll every node's log into a second segment.
+        ("filler", (0..36).map(|_| filler.clone()).collect()),
+    ];
+    for (queue, bodies) in batches {
+        for payload in bodies {
+            let confirm = ch
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    &payload,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("confirm");
+            assert!(confirm.is_ack(), "publish to '{queue}' nacked");
+        }
+    }
+    // Node 3 stops cleanly, and one of its records of 'hurt' rots on disk.
+    let status = cluster.node_mut(3).terminate();
+    assert!(status.success(), "node 3 stopped with {status}");
+    let flipped = corrupt_log_records(&cluster.node(3).data_dir, body("hurt", 17).as_bytes());
+    assert!(flipped >= 1, "node 3's log holds the record");
+    cluster.node_mut(3).start_again();
+
+    // Node 3 reports its replica of 'hurt' fenced, with the reason, and keeps 'whole'.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let fenced = loop {
+        if let Some(fenced) = fence_of(&cluster, 3, "hurt").await {
+            if !fenced.is_empty() {
+                break fenced;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 3 never reported its replica of 'hurt' fenced\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("node 3 reports 'hurt': fenced here: {fenced}");
+    assert!(fenced.contains("checksum"), "the reason is given: {fenced}");
+    assert!(
+        cluster.node(3).log().contains("fenced"),
+        "the fence is logged\n{}",
+        cluster.node(3).log()
+    );
+    assert_eq!(
+        fence_of(&cluster, 3, "whole").await.as_deref(),
+        Some(""),
+        "'whole' is not fenced"
+    );
+    for via in [1, 2] {
+        assert_eq!(
+            fence_of(&cluster, via, "hurt").await.as_deref(),
+            Some(""),
+            "node {via} serves"
+        );
+    }
+
+    // Through node 3, both queues hold every message: 'hurt' is served by its peers.
+    publish_confirmed(cluster.node(3), "hurt", 1000..1010).await;
+    let expected: std::collections::BTreeSet<String> = (0..40)
+        .map(|id| body("hurt", id))
+        .chain((1000..1010).map(|id| id.to_string()))
+        .collect();
+    let (_c, ch) = channel(cluster.node(3)).await;
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < expected.len() {
+        let m = get_one(&ch, "hurt").await;
+        m.delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack");
+        got.insert(String::from_utf8_lossy(&m.delivery.data).to_string());
+    }
+    assert_eq!(got, expected, "'hurt' through node 3");
+    let whole: std::collections::BTreeSet<String> = {
+        let mut got = std::collections::BTreeSet::new();
+        while got.len() < 40 {
+            let m = get_one(&ch, "whole").await;
+            m.delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .expect("ack");
+            got.insert(String::from_utf8_lossy(&m.delivery.data).to_string());
+        }
+        got
+    };
+    assert_eq!(whole, (0..40).map(|id| body("whole", id)).collect());
+}

@@ -135,6 +135,10 @@ pub fn list_queues(broker: &Broker, filter: &str) -> proto::QueueList {
             paused,
             leader: placement(broker, &q).0,
             replicas: placement(broker, &q).1,
+            fenced: broker
+                .quorum_queue(&q.decl.vhost, q.name())
+                .and_then(|quorum| quorum.fence.reason())
+                .unwrap_or_default(),
         });
     }
     proto::QueueList { queues: out }

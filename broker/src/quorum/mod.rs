@@ -11,6 +11,11 @@
 //!
 //! A quorum queue is declared and deleted through the metadata group (`replication`), so every
 //! node registers it, and the replicas start its raft group, in the same order.
+//!
+//! A storage error in one replica (a record that fails its checksum, a failed read or write)
+//! fences that replica only ([`Fence`]): its raft group is out of service, the error is logged
+//! and reported by the admin plane, and the node goes on serving the queue's clients through
+//! the other replicas, and every other queue as before.
 
 pub mod forward;
 pub mod router;
@@ -70,25 +75,56 @@ pub fn choose_replicas(members: &[NodeId]) -> Vec<NodeId> {
     chosen
 }
 
-/// Starts this node's replica of a queue's raft group.
+/// Starts this node's replica of a queue's raft group; a replica that cannot start (its log
+/// or state cannot be read) is fenced.
 async fn start_replica(
     node: &warren_cluster::node::Node,
     decl: &QuorumDecl,
     data: &state::SharedData,
-) -> Result<(), Refusal> {
+    fence: &Fence,
+) {
     let replica = state::QuorumState { data: data.clone() };
-    node.start_group(
-        GroupId(decl.group),
-        &decl.replicas,
-        Some(decl.bootstrap),
-        replica,
-    )
-    .await
-    .map(drop)
-    .map_err(|e| {
-        tracing::error!(queue = %decl.name, error = %e, "raft group of the queue did not start");
-        Refusal::internal(format!("starting the queue's raft group: {e}"))
-    })
+    if let Err(error) = node
+        .start_group(
+            GroupId(decl.group),
+            &decl.replicas,
+            Some(decl.bootstrap),
+            replica,
+        )
+        .await
+    {
+        fence.set(&decl.name, format!("its raft group did not start: {error}"));
+    }
+}
+
+/// Why this node's replica of a quorum queue is out of service, if it is.
+#[derive(Debug, Clone, Default)]
+pub struct Fence(Arc<std::sync::Mutex<Option<String>>>);
+
+impl Fence {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes this node's replica of `queue` out of service for `reason`.
+    pub fn set(&self, queue: &str, reason: String) {
+        tracing::error!(
+            %queue,
+            %reason,
+            "replica of the quorum queue fenced after a storage error: the queue is served \
+             through the other replicas; the replica's log is left as it is for inspection"
+        );
+        *self.lock() = Some(reason);
+    }
+
+    /// The replica is gone (this node no longer holds one).
+    fn clear(&self) {
+        *self.lock() = None;
+    }
+
+    pub fn reason(&self) -> Option<String> {
+        self.lock().clone()
+    }
 }
 
 /// This node's part of one quorum queue.
@@ -101,6 +137,8 @@ pub struct QuorumQueue {
     replicas: Arc<watch::Sender<Vec<NodeId>>>,
     /// What this node's replica holds (empty on a node without one).
     data: state::SharedData,
+    /// Set when this node's replica is out of service.
+    pub fence: Fence,
 }
 
 impl QuorumQueue {
@@ -164,8 +202,9 @@ impl Broker {
         ));
         let data = state::SharedData::default();
         let group = GroupId(decl.group);
+        let fence = Fence::default();
         if decl.replicas.contains(&node.id()) {
-            start_replica(&node, &decl, &data).await?;
+            start_replica(&node, &decl, &data, &fence).await;
         }
         let (stop, stop_rx) = watch::channel(false);
         let (replicas, replicas_rx) = watch::channel(decl.replicas.clone());
@@ -178,6 +217,7 @@ impl Broker {
             inbox: rx,
             stop: stop_rx,
             replicas: replicas_rx,
+            fence: fence.clone(),
         };
         let span = tracing::info_span!("quorum", vhost = %decl.vhost, queue = %decl.name);
         tokio::spawn(tracing::Instrument::instrument(router.run(), span));
@@ -191,6 +231,7 @@ impl Broker {
             stop: Arc::new(stop),
             replicas: Arc::new(replicas),
             data,
+            fence,
         }));
         Ok(())
     }
@@ -217,10 +258,11 @@ impl Broker {
         let me = node.id();
         let (had, has) = (q.decl.replicas.contains(&me), decl.replicas.contains(&me));
         if has && !had {
-            start_replica(&node, &decl, &q.data).await?;
+            start_replica(&node, &decl, &q.data, &q.fence).await;
         }
         if had && !has {
             node.stop_group(q.group()).await;
+            q.fence.clear();
             if let Err(error) = warren_cluster::log_store::destroy(&self.wal, q.group()) {
                 tracing::error!(%error, queue = %name, "dropping the queue's raft log failed");
             }
@@ -234,6 +276,7 @@ impl Broker {
             stop: Arc::clone(&q.stop),
             replicas: Arc::clone(&q.replicas),
             data: q.data.clone(),
+            fence: q.fence.clone(),
         }));
         Ok(())
     }

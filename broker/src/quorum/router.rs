@@ -97,6 +97,8 @@ pub struct Router {
     pub stop: watch::Receiver<bool>,
     /// The queue's replicas (they change when members are removed).
     pub replicas: watch::Receiver<Vec<NodeId>>,
+    /// Set when this node's replica fails.
+    pub fence: super::Fence,
 }
 
 /// Where the router learns which node serves the queue.
@@ -139,6 +141,14 @@ impl Source {
             Source::Forwarder { replicas, at } => {
                 (!replicas.is_empty()).then(|| (replicas[*at % replicas.len()], 0))
             }
+        }
+    }
+
+    /// Why the replica's raft group stopped, if it failed (rather than being shut down).
+    fn failure(&self) -> Option<String> {
+        match self {
+            Source::Replica(raft, _) => warren_cluster::types::failure(raft),
+            Source::Forwarder { .. } => None,
         }
     }
 
@@ -210,7 +220,16 @@ impl Router {
             tokio::select! {
                 _ = stop.changed() => break,
                 changed = source.changed() => {
-                    if !changed { break }
+                    if !changed {
+                        // The replica's raft group stopped: removed from this node (the
+                        // replicas change follows), or failed.
+                        if let Some(reason) = source.failure() {
+                            running.r.fence.set(running.r.handle.name(), reason);
+                            node.stop_group(group).await;
+                        }
+                        source = Source::of(&node, group, &replicas.borrow());
+                        running.retarget(Target::Nowhere);
+                    }
                     running.retry_at = None;
                 }
                 changed = replicas.changed() => {

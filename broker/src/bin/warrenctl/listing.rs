@@ -73,7 +73,14 @@ pub async fn list(
                         rate(q.publish_rate),
                         rate(q.deliver_rate),
                         bytes(q.disk_bytes),
-                        if q.paused { "paused" } else { "running" }.into(),
+                        if !q.fenced.is_empty() {
+                            // Served through the other replicas; the reason is in --json.
+                            "fenced here".into()
+                        } else if q.paused {
+                            "paused".into()
+                        } else {
+                            "running".into()
+                        },
                     ]
                 })
                 .collect();
