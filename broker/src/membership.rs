@@ -164,6 +164,62 @@ impl Broker {
         Ok(())
     }
 
+    /// Rebuilds queue `name`'s replica on node `id` from the other replicas (it was fenced
+    /// after a storage error, or its copy is otherwise not to be trusted): the queue's group
+    /// drops `id` from its voters, the metadata records the replicas without it (node `id`
+    /// drops its copy and its fence), then with it again (it starts an empty replica), and the
+    /// group takes it back: a learner until it has caught up (from the leader's log or a
+    /// snapshot), then a voter. Like the other changes, running it again after a failure
+    /// finishes it.
+    pub async fn repair_replica(
+        self: &Arc<Broker>,
+        vhost: &str,
+        name: &str,
+        id: NodeId,
+    ) -> Result<(), MembershipError> {
+        let node = self.clustered()?;
+        let Some(q) = self.quorum_queue(vhost, name) else {
+            return Err(MembershipError::Precondition(format!(
+                "queue '{name}' in vhost '{vhost}' is not a quorum queue"
+            )));
+        };
+        let replicas: BTreeSet<NodeId> = q.decl.replicas.iter().copied().collect();
+        if !replicas.contains(&id) {
+            return Err(MembershipError::Invalid(format!(
+                "node {id} holds no replica of queue '{name}' (replicas: {:?})",
+                q.decl.replicas
+            )));
+        }
+        let others: BTreeSet<NodeId> = replicas.iter().copied().filter(|r| *r != id).collect();
+        if others.is_empty() {
+            return Err(MembershipError::Precondition(format!(
+                "node {id} holds the only replica of queue '{name}': there is nothing to rebuild it from"
+            )));
+        }
+        let members = self.cluster_members();
+        let addresses = |ids: &BTreeSet<NodeId>| -> BTreeMap<NodeId, String> {
+            ids.iter()
+                .filter_map(|i| members.get(i).map(|a| (*i, a.clone())))
+                .collect()
+        };
+        let group = GroupId(q.decl.group);
+        let failed = |step: &str, e: String| {
+            MembershipError::Unavailable(format!(
+                "repairing node {id}'s replica of queue '{name}': {step}: {e}"
+            ))
+        };
+        node.change_voters(group, others.clone(), addresses(&others), CHANGE_WITHIN)
+            .await
+            .map_err(|e| failed("removing it from the group", e))?;
+        self.propose_replicas(node, vhost, name, &others).await?;
+        self.propose_replicas(node, vhost, name, &replicas).await?;
+        node.change_voters(group, replicas.clone(), addresses(&replicas), CHANGE_WITHIN)
+            .await
+            .map_err(|e| failed("adding it back", e))?;
+        tracing::info!(%vhost, queue = %name, node = id, "quorum queue replica rebuilt from the others");
+        Ok(())
+    }
+
     async fn propose_replicas(
         self: &Arc<Broker>,
         node: &warren_cluster::node::Node,

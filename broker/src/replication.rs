@@ -436,6 +436,7 @@ impl Broker {
                 Some(t)
                     if QuorumDecl {
                         replicas: q.replicas.clone(),
+                        bootstrap: q.bootstrap,
                         ..t.clone()
                     } == *q =>
                 {

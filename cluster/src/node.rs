@@ -381,12 +381,13 @@ impl Node {
         let mut others: Vec<NodeId> = voters.iter().copied().filter(|v| *v != self.id()).collect();
         let mut asked = 0usize;
         loop {
-            let raft = self.groups.get(group).ok_or("no such group here")?;
+            // Without a replica here (none, or fenced), the other voters lead the way.
+            let raft = self.groups.get(group);
             let leader = hint
                 .take()
-                .or_else(|| raft.metrics().borrow().current_leader)
+                .or_else(|| raft.as_ref()?.metrics().borrow().current_leader)
                 .or_else(|| {
-                    for v in crate::membership::voters(&raft) {
+                    for v in raft.iter().flat_map(crate::membership::voters) {
                         if v != self.id() && !others.contains(&v) {
                             others.push(v);
                         }
@@ -395,22 +396,26 @@ impl Node {
                     (!others.is_empty()).then(|| others[asked % others.len()])
                 });
             let left = until.saturating_duration_since(tokio::time::Instant::now());
-            let attempt = match leader {
-                Some(l) if l == self.id() => {
-                    tokio::time::timeout(left, apply_voters(&raft, &voters, &addresses))
+            let attempt = match (leader, &raft) {
+                (Some(l), Some(raft)) if l == self.id() => {
+                    tokio::time::timeout(left, apply_voters(raft, &voters, &addresses))
                         .await
                         .unwrap_or_else(|_| Outcome::Failed("timed out".into()))
                 }
-                Some(l) => {
+                (Some(l), None) if l == self.id() => Outcome::Failed("no such group here".into()),
+                (Some(l), _) => {
                     self.forward_voters(group, l, &voters, &addresses, left)
                         .await
                 }
-                None => Outcome::Failed("no leader known".into()),
+                (None, _) => Outcome::Failed("no leader known".into()),
             };
             match attempt {
                 Outcome::Done => {
                     // Answer once this node sees the change too (a node removing itself may
                     // never see the final membership: it waits a little, then answers).
+                    let Some(raft) = raft else {
+                        return Ok(());
+                    };
                     let left = until.saturating_duration_since(tokio::time::Instant::now());
                     let _ = raft
                         .wait(Some(left.min(Duration::from_secs(5))))

@@ -8,6 +8,8 @@
 //!   (the total-queue checker) lose nothing confirmed and mark every repeat `redelivered`.
 //! - Poison messages: a quorum queue's delivery counts (`x-delivery-limit`) carry over to a
 //!   new leader.
+//! - Storage errors: a replica whose log fails its checksum is fenced and reported, its node
+//!   serves the queue through the other replicas, and `warrenctl repair-replica` rebuilds it.
 //! - Membership: a node joins and serves queues it holds no replica of; a member leaves after
 //!   its replicas moved; nothing confirmed is lost.
 
@@ -1365,7 +1367,7 @@ async fn fence_of(cluster: &Cluster, via: usize, name: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_replica_with_a_corrupt_log_is_fenced_and_its_node_serves_the_queue_from_peers() {
+async fn a_replica_with_a_corrupt_log_is_fenced_served_through_its_peers_and_repaired() {
     // Segments of 33 MiB (the least the default record limit allows), so that the records
     // of 'hurt' end up in a sealed segment: a clean restart then finds the damage only when
     // the replica reads them (the log's recovery checks the segment it continues in).
@@ -1454,8 +1456,37 @@ async fn a_replica_with_a_corrupt_log_is_fenced_and_its_node_serves_the_queue_fr
         );
     }
 
-    // Through node 3, both queues hold every message: 'hurt' is served by its peers.
+    // Through node 3, 'hurt' is served by its peers.
     publish_confirmed(cluster.node(3), "hurt", 1000..1010).await;
+
+    // Repaired from the others (asked through node 3 itself, which has no working replica):
+    // node 3's replica rejoins empty, catches up, and can lead the queue.
+    let repaired = warrenctl(&cluster, 3, &["repair-replica", "hurt", "--node", "3"]);
+    assert!(
+        repaired.status.success(),
+        "repair-replica: {}\n{}",
+        String::from_utf8_lossy(&repaired.stderr),
+        cluster.logs()
+    );
+    assert_eq!(fence_of(&cluster, 3, "hurt").await.as_deref(), Some(""));
+    assert_eq!(replicas_of(&cluster, 1, "hurt").await, [1, 2, 3]);
+    transfer_leadership(&cluster, 1, "hurt", 3);
+    assert_eq!(
+        wait_for_leader_to_be(&cluster, 3, "hurt", 3).await,
+        Some(3),
+        "the repaired replica leads\n{}",
+        cluster.logs()
+    );
+    let refused = warrenctl(&cluster, 1, &["repair-replica", "hurt", "--node", "9"]);
+    assert!(!refused.status.success(), "node 9 holds no replica");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("holds no replica"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // Through node 3, now leading 'hurt' from its rebuilt replica, both queues hold every
+    // message.
     let expected: std::collections::BTreeSet<String> = (0..40)
         .map(|id| body("hurt", id))
         .chain((1000..1010).map(|id| id.to_string()))

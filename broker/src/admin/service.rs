@@ -202,6 +202,17 @@ impl Admin for AdminService {
         ok(self.nodes().await)
     }
 
+    async fn repair_replica(&self, r: Request<RepairReplicaRequest>) -> Reply<Empty> {
+        let r = r.into_inner();
+        let vhost = vhost_of(&r.vhost);
+        messages::queue(&self.broker, vhost, &r.queue)?;
+        self.broker
+            .repair_replica(vhost, &r.queue, r.node)
+            .await
+            .map_err(membership_status)?;
+        ok(Empty {})
+    }
+
     async fn transfer_leadership(&self, r: Request<TransferLeadershipRequest>) -> Reply<Empty> {
         let r = r.into_inner();
         let vhost = vhost_of(&r.vhost);

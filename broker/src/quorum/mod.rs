@@ -50,6 +50,8 @@ pub struct QuorumDecl {
     pub replicas: Vec<NodeId>,
     /// The replica that initializes the queue's group: the first of the replicas chosen at
     /// declaration (a replica added later never initializes the group, it is brought in).
+    /// 0 (nobody) once the replicas changed: the group exists, and a replica that dropped its
+    /// copy and rejoins (a repair) must not initialize a second one.
     pub bootstrap: NodeId,
 }
 
@@ -255,6 +257,7 @@ impl Broker {
         };
         let mut decl = q.decl.clone();
         decl.replicas = replicas;
+        decl.bootstrap = 0;
         let me = node.id();
         let (had, has) = (q.decl.replicas.contains(&me), decl.replicas.contains(&me));
         if has && !had {

@@ -94,6 +94,12 @@ pub enum Command {
         #[arg(long)]
         to: u64,
     },
+    /// Rebuild a quorum queue's replica on a node (fenced after a storage error) from the other replicas.  e.g. `warrenctl repair-replica orders --node 3`
+    RepairReplica {
+        queue: String,
+        #[arg(long)]
+        node: u64,
+    },
     /// Add a running node (started with `cluster.join = true`) to the cluster, by its id and raft address.  e.g. `warrenctl add-member 4 10.0.0.4:25672`
     AddMember { id: u64, address: String },
     /// Remove a member from the cluster, moving its quorum queue replicas to other members first; then stop its process.  e.g. `warrenctl remove-member 3`

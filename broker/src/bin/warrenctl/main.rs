@@ -231,6 +231,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into_inner();
             out.done(&r, &format!("node {to} now leads queue '{queue}'"));
         }
+        Command::RepairReplica { queue, node } => {
+            let r = client
+                .repair_replica(RepairReplicaRequest {
+                    vhost,
+                    queue: queue.clone(),
+                    node,
+                })
+                .await?
+                .into_inner();
+            out.done(
+                &r,
+                &format!("node {node}'s replica of queue '{queue}' rebuilt from the others"),
+            );
+        }
         Command::AddMember { id, address } => {
             let r = client
                 .add_member(AddMemberRequest {
