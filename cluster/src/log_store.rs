@@ -14,6 +14,12 @@
 //!   id) makes them durable first, and a crash before that loses only what openraft has not yet
 //!   relied on.
 //! - All writes of one group go through `&mut self`: they are serialized, as openraft requires.
+//!
+//! Recent entries: a leader's replication streams read each new entry once per follower, soon
+//! after it was appended. The last entries appended (up to [`RECENT_ENTRIES_MAX`] and
+//! [`RECENT_BYTES_MAX`] per group, within a node-wide [`RecentBudget`]) are kept in memory and
+//! served from there; reading them back from the log costs a read, a checksum and a decode
+//! each time. Truncation and purging drop what they remove from the cache too.
 
 use crate::codec::{decode, encode};
 use crate::types::{Entry, GroupId, LogId, StorageError, TypeConfig, Vote};
@@ -27,6 +33,139 @@ use warren_storage::{Lsn, StreamId, Wal};
 /// Entries read per `read_stream` call while scanning.
 const SCAN_BATCH: usize = 1024;
 
+/// Recent entries kept per group, at most: this many, and about this many payload bytes.
+pub const RECENT_ENTRIES_MAX: usize = 256;
+pub const RECENT_BYTES_MAX: usize = 8 << 20;
+/// Recent entries kept by every group of a node together, at most (payload bytes).
+pub const RECENT_NODE_BYTES_MAX: usize = 64 << 20;
+
+/// The bytes of recent entries every group of a node holds, shared by their log stores.
+#[derive(Debug, Clone, Default)]
+pub struct RecentBudget(Arc<std::sync::atomic::AtomicUsize>);
+
+impl RecentBudget {
+    /// Takes `bytes` from the budget, if they fit.
+    fn take(&self, bytes: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + bytes <= RECENT_NODE_BYTES_MAX).then_some(used + bytes)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.0.fetch_sub(bytes, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// The last entries appended, with consecutive indexes.
+#[derive(Debug)]
+struct Recent {
+    entries: std::collections::VecDeque<(Entry, usize)>,
+    bytes: usize,
+    budget: RecentBudget,
+}
+
+/// What an entry counts for in the cache.
+fn weight(entry: &Entry) -> usize {
+    64 + match &entry.payload {
+        openraft::EntryPayload::Normal(command) => command.0.len(),
+        _ => 0,
+    }
+}
+
+impl Recent {
+    fn push(&mut self, entry: &Entry) {
+        if self
+            .entries
+            .back()
+            .is_some_and(|(last, _)| last.log_id.index + 1 != entry.log_id.index)
+        {
+            self.clear();
+        }
+        let weight = weight(entry);
+        while !self.entries.is_empty()
+            && (self.entries.len() >= RECENT_ENTRIES_MAX || self.bytes + weight > RECENT_BYTES_MAX)
+        {
+            self.pop_front();
+        }
+        if weight > RECENT_BYTES_MAX || !self.budget.take(weight) {
+            // Not cached: what is cached must stay consecutive and end at the last entry.
+            self.clear();
+            return;
+        }
+        self.bytes += weight;
+        self.entries.push_back((entry.clone(), weight));
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, weight)) = self.entries.pop_front() {
+            self.bytes -= weight;
+            self.budget.give_back(weight);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.budget.give_back(self.bytes);
+        self.bytes = 0;
+        self.entries.clear();
+    }
+
+    /// Drops the entries from `index` on.
+    fn truncate(&mut self, index: u64) {
+        while self
+            .entries
+            .back()
+            .is_some_and(|(e, _)| e.log_id.index >= index)
+        {
+            if let Some((_, weight)) = self.entries.pop_back() {
+                self.bytes -= weight;
+                self.budget.give_back(weight);
+            }
+        }
+    }
+
+    /// Drops the entries up to `index`.
+    fn purge(&mut self, index: u64) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|(e, _)| e.log_id.index <= index)
+        {
+            self.pop_front();
+        }
+    }
+
+    /// The entries `start..end`, if every one of them is here.
+    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let first = self.entries.front()?.0.log_id.index;
+        let last = self.entries.back()?.0.log_id.index;
+        if start < first || end > last + 1 || start >= end {
+            return None;
+        }
+        let from = (start - first) as usize;
+        let to = (end - first) as usize;
+        Some(
+            self.entries
+                .range(from..to)
+                .map(|(e, _)| e.clone())
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Recent {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
 /// One group's log store.
 #[derive(Debug, Clone)]
 pub struct WalLogStore {
@@ -35,6 +174,8 @@ pub struct WalLogStore {
     /// The last entry present, or the last purged one (kept in memory; found at open).
     last_log_id: Option<LogId>,
     last_purged: Option<LogId>,
+    /// Shared with the log readers handed to openraft (clones of this store).
+    recent: Arc<std::sync::Mutex<Recent>>,
 }
 
 fn key(group: GroupId, what: &str) -> Vec<u8> {
@@ -63,8 +204,18 @@ async fn durable(wal: &Wal, lsn: Lsn) -> Result<(), warren_storage::StorageError
 }
 
 impl WalLogStore {
-    /// Opens group `group`'s log (stream `group.0` of `wal`), finding its last entry.
+    /// Opens group `group`'s log (stream `group.0` of `wal`), finding its last entry; its
+    /// recent entries count against a budget of its own.
     pub fn open(wal: Arc<Wal>, group: GroupId) -> Result<WalLogStore, StorageError> {
+        WalLogStore::open_within(wal, group, RecentBudget::default())
+    }
+
+    /// Opens group `group`'s log, its recent entries counting against the node's `budget`.
+    pub fn open_within(
+        wal: Arc<Wal>,
+        group: GroupId,
+        budget: RecentBudget,
+    ) -> Result<WalLogStore, StorageError> {
         assert_ne!(group.0, 0, "stream 0 holds the definitions");
         let last_purged: Option<LogId> =
             match wal.kv_get(&key(group, "purged")).map_err(read_error)? {
@@ -76,6 +227,11 @@ impl WalLogStore {
             group,
             last_log_id: last_purged,
             last_purged,
+            recent: Arc::new(std::sync::Mutex::new(Recent {
+                entries: Default::default(),
+                bytes: 0,
+                budget,
+            })),
         };
         let from = last_purged.map_or(0, |l| l.index + 1);
         if let Some(last) = store.scan_last(from)? {
@@ -86,6 +242,10 @@ impl WalLogStore {
 
     fn stream(&self) -> StreamId {
         StreamId(self.group.0)
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The log id of the highest entry at or above `from`.
@@ -158,6 +318,9 @@ impl RaftLogReader<TypeConfig> for WalLogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let (start, end) = bounds(&range);
+        if let Some(cached) = self.recent().get(start, end) {
+            return Ok(cached);
+        }
         let mut out = Vec::new();
         let mut from = start;
         while from < end {
@@ -235,6 +398,7 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
                 .map_err(write_error)?;
             last_lsn = Some(receipt.lsn);
             self.last_log_id = Some(entry.log_id);
+            self.recent().push(&entry);
         }
         let Some(lsn) = last_lsn else {
             callback.log_io_completed(Ok(()));
@@ -250,6 +414,7 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.recent().truncate(log_id.index);
         self.wal
             .delete_range(self.stream(), log_id.index, u64::MAX)
             .map_err(write_error)?;
@@ -264,6 +429,7 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.recent().purge(log_id.index);
         self.wal
             .kv_put(&key(self.group, "purged"), &encode(&log_id))
             .map_err(write_error)?;
@@ -289,4 +455,69 @@ pub fn destroy(wal: &Wal, group: GroupId) -> Result<(), warren_storage::StorageE
         wal.kv_delete(&key(group, what))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Command;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64, bytes: usize) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command(vec![index as u8; bytes].into())),
+        }
+    }
+
+    fn indexes(entries: &[Entry]) -> Vec<u64> {
+        entries.iter().map(|e| e.log_id.index).collect()
+    }
+
+    #[test]
+    fn recent_entries_stay_consecutive_and_within_their_budgets() {
+        let budget = RecentBudget::default();
+        let mut recent = Recent {
+            entries: Default::default(),
+            bytes: 0,
+            budget: budget.clone(),
+        };
+        for i in 1..=10 {
+            recent.push(&entry(i, 100));
+        }
+        assert_eq!(indexes(&recent.get(3, 8).unwrap()), [3, 4, 5, 6, 7]);
+        assert!(recent.get(0, 5).is_none(), "not all of it is here");
+        assert!(recent.get(8, 12).is_none(), "not all of it is here");
+        assert_eq!(budget.used(), 10 * 164);
+        // Truncation and purging drop what they remove; a gap starts over.
+        recent.truncate(9);
+        recent.purge(2);
+        assert_eq!(indexes(&recent.get(3, 9).unwrap()), [3, 4, 5, 6, 7, 8]);
+        recent.push(&entry(9, 100));
+        assert_eq!(indexes(&recent.get(9, 10).unwrap()), [9]);
+        recent.push(&entry(20, 100));
+        assert!(recent.get(9, 10).is_none(), "a gap empties the cache");
+        assert_eq!(budget.used(), 164);
+        // At most RECENT_ENTRIES_MAX entries and about RECENT_BYTES_MAX bytes per group.
+        for i in 21..21 + RECENT_ENTRIES_MAX as u64 + 5 {
+            recent.push(&entry(i, 10));
+        }
+        assert_eq!(recent.entries.len(), RECENT_ENTRIES_MAX);
+        let big = RECENT_BYTES_MAX / 3;
+        let next = recent.entries.back().unwrap().0.log_id.index + 1;
+        for i in next..next + 4 {
+            recent.push(&entry(i, big));
+        }
+        assert!(recent.bytes <= RECENT_BYTES_MAX);
+        assert_eq!(recent.entries.len(), 2);
+        // The node-wide budget: a group that cannot take more caches nothing.
+        let other_group = budget.clone();
+        let rest = RECENT_NODE_BYTES_MAX - budget.used();
+        assert!(other_group.take(rest));
+        recent.push(&entry(next + 4, 10));
+        assert!(recent.entries.is_empty());
+        other_group.give_back(rest);
+        drop(recent);
+        assert_eq!(budget.used(), 0, "a dropped cache gives its bytes back");
+    }
 }

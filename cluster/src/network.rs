@@ -383,7 +383,7 @@ impl RaftRpc for RaftService {
             index: 0,
             leader: leader.unwrap_or(0),
         };
-        match raft.client_write(Command(request.command)).await {
+        match raft.client_write(Command(request.command.into())).await {
             Ok(response) => Ok(Response::new(ProposeReply {
                 applied: true,
                 reply: response.data.0,

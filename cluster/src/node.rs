@@ -123,6 +123,8 @@ pub struct Node {
     peers: Peers,
     groups: Groups,
     addresses: AddressBook,
+    /// What the groups' recent-entries caches hold together.
+    recent: crate::log_store::RecentBudget,
 }
 
 /// What one attempt at a proposal learned.
@@ -154,6 +156,7 @@ impl Node {
             wal,
             peers: Peers::default(),
             groups: Groups::default(),
+            recent: Default::default(),
         })
     }
 
@@ -196,7 +199,8 @@ impl Node {
         bootstrapper: Option<NodeId>,
         state: S,
     ) -> Result<Raft<TypeConfig>, String> {
-        let log = WalLogStore::open(Arc::clone(&self.wal), group).map_err(|e| e.to_string())?;
+        let log = WalLogStore::open_within(Arc::clone(&self.wal), group, self.recent.clone())
+            .map_err(|e| e.to_string())?;
         let sm = GroupStateMachine::open(Arc::clone(&self.wal), group, state)
             .await
             .map_err(|e| e.to_string())?;
@@ -285,7 +289,7 @@ impl Node {
         group: GroupId,
         command: Vec<u8>,
     ) -> Result<Attempt, ProposeError> {
-        match raft.client_write(Command(command)).await {
+        match raft.client_write(Command(command.into())).await {
             Ok(response) => Ok(Attempt::Done(Proposed {
                 reply: response.data.0,
                 index: response.log_id.index,

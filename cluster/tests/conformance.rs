@@ -37,7 +37,7 @@ fn openraft_storage_suite_passes() {
 fn entry(term: u64, index: u64, command: &str) -> Entry {
     Entry {
         log_id: log_id(term, 1, index),
-        payload: EntryPayload::Normal(Command(command.as_bytes().to_vec())),
+        payload: EntryPayload::Normal(Command(command.as_bytes().to_vec().into())),
     }
 }
 

@@ -80,7 +80,7 @@ async fn leader_of(members: &[&Member]) -> NodeId {
 async fn write(leader: &Member, key: &str, value: &str) -> u64 {
     let reply = leader
         .raft
-        .client_write(Command(format!("{key}={value}").into_bytes()))
+        .client_write(Command(format!("{key}={value}").into_bytes().into()))
         .await
         .expect("committed");
     reply.log_id.index

@@ -182,7 +182,7 @@ impl RaftStore {
                 } else {
                     encode_batch((leadership, last), &parts)
                 };
-                let receiver = raft.client_write_ff(Command(entry)).await;
+                let receiver = raft.client_write_ff(Command(entry.into())).await;
                 if wait_tx.send((first, last, receiver, slot)).is_err() {
                     return;
                 }
