@@ -1235,6 +1235,21 @@ async fn get_one(ch: &Channel, name: &str) -> lapin::message::BasicGetMessage {
     }
 }
 
+/// Takes (and acks) `count` messages from `name`; their bodies.
+async fn take_bodies(ch: &Channel, name: &str, count: usize) -> std::collections::BTreeSet<String> {
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < count {
+        let m = get_one(ch, name).await;
+        m.delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack");
+        got.insert(String::from_utf8_lossy(&m.delivery.data).to_string());
+    }
+    got
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn delivery_counts_of_a_quorum_queue_survive_a_leader_change() {
     use lapin::types::AMQPValue;
@@ -1492,29 +1507,11 @@ async fn a_replica_with_a_corrupt_log_is_fenced_served_through_its_peers_and_rep
         .chain((1000..1010).map(|id| id.to_string()))
         .collect();
     let (_c, ch) = channel(cluster.node(3)).await;
-    let mut got = std::collections::BTreeSet::new();
-    while got.len() < expected.len() {
-        let m = get_one(&ch, "hurt").await;
-        m.delivery
-            .acker
-            .ack(BasicAckOptions::default())
-            .await
-            .expect("ack");
-        got.insert(String::from_utf8_lossy(&m.delivery.data).to_string());
-    }
-    assert_eq!(got, expected, "'hurt' through node 3");
-    let whole: std::collections::BTreeSet<String> = {
-        let mut got = std::collections::BTreeSet::new();
-        while got.len() < 40 {
-            let m = get_one(&ch, "whole").await;
-            m.delivery
-                .acker
-                .ack(BasicAckOptions::default())
-                .await
-                .expect("ack");
-            got.insert(String::from_utf8_lossy(&m.delivery.data).to_string());
-        }
-        got
-    };
+    assert_eq!(
+        take_bodies(&ch, "hurt", expected.len()).await,
+        expected,
+        "'hurt' through node 3"
+    );
+    let whole = take_bodies(&ch, "whole", 40).await;
     assert_eq!(whole, (0..40).map(|id| body("whole", id)).collect());
 }
