@@ -8,8 +8,9 @@
 //!   (the total-queue checker) lose nothing confirmed and mark every repeat `redelivered`.
 //! - Poison messages: a quorum queue's delivery counts (`x-delivery-limit`) carry over to a
 //!   new leader.
-//! - Storage errors: a replica whose log fails its checksum is fenced and reported, its node
-//!   serves the queue through the other replicas, and `warrenctl repair-replica` rebuilds it.
+//! - Storage errors: a replica whose log fails its checksum (at start, or a running leader's
+//!   while it replicates) is fenced and reported, its node serves the queue through the other
+//!   replicas, and `warrenctl repair-replica` rebuilds it.
 //! - Membership: a node joins and serves queues it holds no replica of; a member leaves after
 //!   its replicas moved; nothing confirmed is lost.
 
@@ -1514,4 +1515,106 @@ async fn a_replica_with_a_corrupt_log_is_fenced_served_through_its_peers_and_rep
     );
     let whole = take_bodies(&ch, "whole", 40).await;
     assert_eq!(whole, (0..40).map(|id| body("whole", id)).collect());
+}
+
+/// Flips one byte inside the first occurrence of `marker` in the log segments under `dir`, in
+/// place (one byte written: a running node's log may be appended to meanwhile); whether found.
+fn corrupt_live_log_record(dir: &std::path::Path, marker: &[u8]) -> bool {
+    use std::io::{Seek, SeekFrom, Write};
+    let wal = dir.join("wal");
+    for entry in std::fs::read_dir(&wal).expect("read the log directory") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().is_none_or(|e| e != "wal") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).expect("read segment");
+        if let Some(i) = bytes.windows(marker.len()).position(|w| w == marker) {
+            let at = i + marker.len() / 2;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .expect("open segment");
+            file.seek(SeekFrom::Start(at as u64)).expect("seek");
+            file.write_all(&[bytes[at] ^ 0x40]).expect("flip");
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_whose_log_fails_a_read_is_fenced_and_the_queue_goes_on_without_it() {
+    let mut cluster = Cluster::start(3);
+    declare_quorum(cluster.node(1), "rot").await;
+    let leader = wait_for_leader(&cluster, 1, "rot").await;
+    let follower = (1..=3).find(|i| *i != leader).expect("a follower");
+    // A follower is away while the leader logs one entry per message (each publish waits for
+    // its confirm), more than the leader keeps in memory for replication.
+    cluster.node_mut(follower).kill();
+    let body = |id: u64| format!("rot-record-{id:06}-of-the-runtime-fencing-test");
+    let (_c, ch) = channel(cluster.node(leader)).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
+    for id in 0..400 {
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                "rot".into(),
+                BasicPublishOptions::default(),
+                body(id).as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack());
+    }
+    // One of the leader's early entries rots on disk while it runs; the follower comes back,
+    // and the leader reads that entry to send it: a storage error in the queue's group.
+    assert!(
+        corrupt_live_log_record(&cluster.node(leader).data_dir, body(5).as_bytes()),
+        "the leader's log holds the record"
+    );
+    cluster.node_mut(follower).start_again();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let fenced = loop {
+        if let Some(fenced) = fence_of(&cluster, leader, "rot").await {
+            if !fenced.is_empty() {
+                break fenced;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the leader never fenced its replica of 'rot'\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("node {leader} reports 'rot': fenced here: {fenced}");
+    assert!(fenced.contains("checksum"), "the reason is given: {fenced}");
+    // Another replica leads, and the fenced node serves the queue through it: a publish and
+    // every message.
+    let new_leader = loop {
+        let seen = leader_of(&cluster, follower, "rot").await;
+        if let Some(l) = seen.filter(|l| *l != leader) {
+            break l;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline + Duration::from_secs(30),
+            "no other leader for 'rot'\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("node {new_leader} leads 'rot' now");
+    publish_confirmed(cluster.node(leader), "rot", 1000..1001).await;
+    let (_c, ch) = channel(cluster.node(leader)).await;
+    let expected: std::collections::BTreeSet<String> = (0..400)
+        .map(body)
+        .chain(std::iter::once("1000".to_string()))
+        .collect();
+    assert_eq!(take_bodies(&ch, "rot", expected.len()).await, expected);
 }
