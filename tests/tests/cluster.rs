@@ -1382,6 +1382,24 @@ async fn fence_of(cluster: &Cluster, via: usize, name: &str) -> Option<String> {
         .map(|q| q.fenced)
 }
 
+/// Waits (up to 30 s) until node `via` reports its replica of `name` fenced; the reason.
+async fn await_fenced(cluster: &Cluster, via: usize, name: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(fenced) = fence_of(cluster, via, name).await {
+            if !fenced.is_empty() {
+                return fenced;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {via} never reported its replica of '{name}' fenced\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_with_a_corrupt_log_is_fenced_served_through_its_peers_and_repaired() {
     // Segments of 33 MiB (the least the default record limit allows), so that the records
@@ -1438,20 +1456,7 @@ async fn a_replica_with_a_corrupt_log_is_fenced_served_through_its_peers_and_rep
     cluster.node_mut(3).start_again();
 
     // Node 3 reports its replica of 'hurt' fenced, with the reason, and keeps 'whole'.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let fenced = loop {
-        if let Some(fenced) = fence_of(&cluster, 3, "hurt").await {
-            if !fenced.is_empty() {
-                break fenced;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node 3 never reported its replica of 'hurt' fenced\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let fenced = await_fenced(&cluster, 3, "hurt").await;
     println!("node 3 reports 'hurt': fenced here: {fenced}");
     assert!(fenced.contains("checksum"), "the reason is given: {fenced}");
     assert!(
@@ -1579,22 +1584,10 @@ async fn a_leader_whose_log_fails_a_read_is_fenced_and_the_queue_goes_on_without
     );
     cluster.node_mut(follower).start_again();
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let fenced = loop {
-        if let Some(fenced) = fence_of(&cluster, leader, "rot").await {
-            if !fenced.is_empty() {
-                break fenced;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the leader never fenced its replica of 'rot'\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let fenced = await_fenced(&cluster, leader, "rot").await;
     println!("node {leader} reports 'rot': fenced here: {fenced}");
     assert!(fenced.contains("checksum"), "the reason is given: {fenced}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     // Another replica leads, and the fenced node serves the queue through it: a publish and
     // every message.
     let new_leader = loop {
@@ -1603,7 +1596,7 @@ async fn a_leader_whose_log_fails_a_read_is_fenced_and_the_queue_goes_on_without
             break l;
         }
         assert!(
-            tokio::time::Instant::now() < deadline + Duration::from_secs(30),
+            tokio::time::Instant::now() < deadline,
             "no other leader for 'rot'\n{}",
             cluster.logs()
         );
