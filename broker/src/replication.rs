@@ -194,7 +194,7 @@ impl MetaState {
 }
 
 impl ReplicatedState for MetaState {
-    async fn apply(&mut self, command: &[u8]) -> Vec<u8> {
+    async fn apply(&mut self, _index: u64, command: &bytes::Bytes) -> Vec<u8> {
         let reply: MetaReply = match (self.broker.upgrade(), decode::<MetaOp>(command)) {
             (Some(broker), Ok(op)) => APPLYING
                 .scope((), async move { broker.apply_meta(op).await })

@@ -20,7 +20,7 @@ use warren_storage::{Wal, WalConfig};
 struct Nothing;
 
 impl ReplicatedState for Nothing {
-    async fn apply(&mut self, _command: &[u8]) -> Vec<u8> {
+    async fn apply(&mut self, _index: u64, _command: &bytes::Bytes) -> Vec<u8> {
         Vec::new()
     }
     fn snapshot(&self) -> Vec<u8> {

@@ -269,10 +269,7 @@ impl WalLogStore {
     }
 
     fn entry_at(&self, index: u64) -> Result<Option<Entry>, StorageError> {
-        match self.wal.get(self.stream(), index).map_err(read_error)? {
-            Some(bytes) => Ok(Some(decode(&bytes).map_err(read_error)?)),
-            None => Ok(None),
-        }
+        read_entry(&self.wal, self.group, index)
     }
 
     async fn put_durable(&self, what: &str, bytes: &[u8]) -> Result<(), StorageError> {
@@ -445,6 +442,30 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
         }
         Ok(())
     }
+}
+
+/// Entry `index` of `group`'s log, if the log holds it (a quorum queue's leader reads its
+/// messages back from here).
+pub fn read_entry(wal: &Wal, group: GroupId, index: u64) -> Result<Option<Entry>, StorageError> {
+    match wal.get(StreamId(group.0), index).map_err(read_error)? {
+        Some(bytes) => Ok(Some(decode(&bytes).map_err(read_error)?)),
+        None => Ok(None),
+    }
+}
+
+/// The command entry `index` of `group`'s log carries: `None` if the log does not hold the
+/// entry or it carries no command (a blank or membership entry).
+pub fn read_command(
+    wal: &Wal,
+    group: GroupId,
+    index: u64,
+) -> Result<Option<bytes::Bytes>, StorageError> {
+    Ok(
+        read_entry(wal, group, index)?.and_then(|entry| match entry.payload {
+            openraft::EntryPayload::Normal(command) => Some(command.0),
+            _ => None,
+        }),
+    )
 }
 
 /// Drops a group's log and its state (vote, committed and purged ids, snapshot) from the

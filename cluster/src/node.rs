@@ -44,6 +44,10 @@ pub struct ClusterConfig {
     /// This node joins a running cluster (an operator adds it with `warrenctl add-member`): it
     /// never initializes the metadata group itself, even when it has the lowest id listed.
     pub join: bool,
+    /// A group snapshots once this many entries were applied past its last snapshot's cursor;
+    /// a quarter of that (at most 1024) is kept before a snapshot's cursor for followers a
+    /// little behind.
+    pub snapshot_entries: u64,
 }
 
 impl Default for ClusterConfig {
@@ -55,6 +59,7 @@ impl Default for ClusterConfig {
             election_timeout_min_ms: 1500,
             election_timeout_max_ms: 3000,
             join: false,
+            snapshot_entries: crate::state_machine::SNAPSHOT_EVERY,
         }
     }
 }
@@ -72,6 +77,9 @@ impl ClusterConfig {
         }
         if self.heartbeat_ms == 0 || self.election_timeout_min_ms <= self.heartbeat_ms {
             return Err("cluster: the election timeout must exceed the heartbeat interval".into());
+        }
+        if self.snapshot_entries < 4 {
+            return Err("cluster.snapshot_entries must be 4 or more".into());
         }
         if self.election_timeout_max_ms <= self.election_timeout_min_ms {
             return Err(
@@ -142,9 +150,11 @@ impl Node {
             heartbeat_interval: config.heartbeat_ms,
             election_timeout_min: config.election_timeout_min_ms,
             election_timeout_max: config.election_timeout_max_ms,
-            // Snapshots replace the entries they cover; keep a margin for slow followers.
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(4096),
-            max_in_snapshot_log_to_keep: 1024,
+            // Snapshots replace the entries they cover; keep a margin for slow followers. The
+            // state machine asks for them (`GroupStateMachine::with_snapshot_trigger`): a
+            // queue's snapshot ends at its release cursor, not at the last applied entry.
+            snapshot_policy: openraft::SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: (config.snapshot_entries / 4).min(1024),
             ..openraft::Config::default()
         }
         .validate()
@@ -201,15 +211,27 @@ impl Node {
     ) -> Result<Raft<TypeConfig>, String> {
         let log = WalLogStore::open_within(Arc::clone(&self.wal), group, self.recent.clone())
             .map_err(|e| e.to_string())?;
+        let (due_tx, mut due) = tokio::sync::mpsc::channel(1);
         let sm = GroupStateMachine::open(Arc::clone(&self.wal), group, state)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .with_snapshot_trigger(due_tx, self.config.snapshot_entries);
         let network =
             GroupNetwork::new(group, self.peers.clone()).with_addresses(self.addresses.clone());
         let raft = Raft::new(self.id(), Arc::clone(&self.raft_config), network, log, sm)
             .await
             .map_err(|e| e.to_string())?;
         self.groups.insert(group, raft.clone());
+        // Ends when the group does (its state machine, which holds the sender, is dropped).
+        let trigger = raft.clone();
+        tokio::spawn(async move {
+            while due.recv().await.is_some() {
+                if let Err(error) = trigger.trigger().snapshot().await {
+                    tracing::debug!(?group, %error, "snapshot not triggered");
+                    break;
+                }
+            }
+        });
         if bootstrapper == Some(self.id())
             && !raft.is_initialized().await.map_err(|e| e.to_string())?
         {

@@ -10,6 +10,7 @@ use crate::codec::{decode, encode};
 use crate::types::{
     Entry, GroupId, LogId, Reply, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
+use bytes::Bytes;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
@@ -25,13 +26,26 @@ use warren_storage::Wal;
 /// metadata group applies a declaration to the node's exchanges and queues); they must not wait
 /// on their own group.
 pub trait ReplicatedState: Send + Sync + 'static {
-    /// Applies one command; the reply goes back to whoever proposed it.
-    fn apply(&mut self, command: &[u8]) -> impl Future<Output = Vec<u8>> + Send;
-    /// The whole state, encoded.
+    /// Applies the command of entry `index`; the reply goes back to whoever proposed it.
+    fn apply(&mut self, index: u64, command: &Bytes) -> impl Future<Output = Vec<u8>> + Send;
+    /// The state as it was once entry [`ReplicatedState::release_cursor`] was applied, encoded.
     fn snapshot(&self) -> Vec<u8>;
+    /// The last entry a snapshot covers: `None` for the last one applied.
+    ///
+    /// A state that refers to entries of its log instead of holding what they carry (a quorum
+    /// queue's messages stay in the log, and the state knows only where) describes itself as
+    /// of an earlier entry: the one before the oldest entry it still refers to. The log is
+    /// kept from there, and replaying it after the snapshot gives the state back.
+    fn release_cursor(&self) -> Option<u64> {
+        None
+    }
     /// Replaces the state with a snapshot's.
     fn restore(&mut self, snapshot: &[u8]) -> impl Future<Output = Result<(), String>> + Send;
 }
+
+/// Entries applied past the last snapshot's cursor before the next snapshot is asked for (by
+/// default).
+pub const SNAPSHOT_EVERY: u64 = 4096;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredSnapshot {
@@ -48,6 +62,11 @@ pub struct GroupStateMachine<S: ReplicatedState> {
     membership: StoredMembership,
     current: Option<StoredSnapshot>,
     snapshots_built: u64,
+    /// Membership changes applied since the last snapshot's cursor (and the one in force
+    /// there): a snapshot at a cursor carries the membership of its cursor.
+    memberships: Vec<StoredMembership>,
+    /// Asks for a snapshot once the cursor moved this many entries past the last.
+    snapshot_due: Option<(tokio::sync::mpsc::Sender<()>, u64)>,
 }
 
 impl<S: ReplicatedState> std::fmt::Debug for GroupStateMachine<S> {
@@ -94,10 +113,52 @@ impl<S: ReplicatedState> GroupStateMachine<S> {
             group,
             state,
             last_applied,
+            memberships: vec![membership.clone()],
             membership,
             current: stored,
             snapshots_built: 0,
+            snapshot_due: None,
         })
+    }
+
+    /// Sends on `due` whenever a snapshot would release `every` more entries (the node then
+    /// asks openraft for one; openraft's own policy counts from the last applied entry, which a
+    /// state with a release cursor may not snapshot at).
+    pub fn with_snapshot_trigger(mut self, due: tokio::sync::mpsc::Sender<()>, every: u64) -> Self {
+        self.snapshot_due = Some((due, every));
+        self
+    }
+
+    fn snapshot_index(&self) -> Option<u64> {
+        self.current
+            .as_ref()
+            .and_then(|s| s.meta.last_log_id)
+            .map(|l| l.index)
+    }
+
+    /// The index a snapshot taken now would end at.
+    fn cursor_index(&self) -> Option<u64> {
+        let applied = self.last_applied.map(|l| l.index);
+        match self.state.release_cursor() {
+            Some(cursor) if applied.is_some_and(|a| cursor < a) => Some(cursor),
+            _ => applied,
+        }
+    }
+
+    /// The log id at the cursor (read from the log when it is not the last applied entry).
+    fn cursor_log_id(&self, index: Option<u64>) -> Result<Option<LogId>, StorageError> {
+        let Some(index) = index else {
+            return Ok(None);
+        };
+        if self.last_applied.is_some_and(|l| l.index == index) {
+            return Ok(self.last_applied);
+        }
+        match crate::log_store::read_entry(&self.wal, self.group, index)? {
+            Some(entry) => Ok(Some(entry.log_id)),
+            None => Err(sm_error(RestoreError(format!(
+                "entry {index} at the release cursor is missing from the log"
+            )))),
+        }
     }
 
     pub fn state(&self) -> &S {
@@ -116,14 +177,32 @@ impl<S: ReplicatedState> GroupStateMachine<S> {
 
 impl<S: ReplicatedState> RaftSnapshotBuilder<TypeConfig> for GroupStateMachine<S> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let index = self.cursor_index();
+        if let Some(current) = &self.current {
+            if index <= self.snapshot_index() {
+                // The cursor has not moved past the last snapshot: that one stands.
+                return Ok(Snapshot {
+                    meta: current.meta.clone(),
+                    snapshot: Box::new(Cursor::new(current.data.clone())),
+                });
+            }
+        }
+        let last_log_id = self.cursor_log_id(index)?;
         self.snapshots_built += 1;
-        let snapshot_id = match self.last_applied {
+        let snapshot_id = match last_log_id {
             Some(l) => format!("{}-{}-{}", l.leader_id, l.index, self.snapshots_built),
             None => format!("none-{}", self.snapshots_built),
         };
+        // The membership in force at the cursor; later changes stay in the log after it.
+        let at = self
+            .memberships
+            .iter()
+            .rposition(|m| *m.log_id() <= last_log_id)
+            .unwrap_or(0);
+        self.memberships.drain(..at);
         let meta = SnapshotMeta {
-            last_log_id: self.last_applied,
-            last_membership: self.membership.clone(),
+            last_log_id,
+            last_membership: self.memberships[0].clone(),
             snapshot_id,
         };
         let data = self.state.snapshot();
@@ -138,8 +217,8 @@ impl<S: ReplicatedState> RaftSnapshotBuilder<TypeConfig> for GroupStateMachine<S
     }
 }
 
-/// Snapshot building runs on the state machine itself (states are small next to their logs:
-/// a queue's snapshot holds its ready and unacked messages).
+/// Snapshot building runs on the state machine itself (states are small next to their logs: a
+/// queue's snapshot holds no messages, which stay in the log after its cursor).
 impl<S: ReplicatedState> RaftStateMachine<TypeConfig> for GroupStateMachine<S> {
     type SnapshotBuilder = SnapshotHandle<S>;
 
@@ -157,13 +236,21 @@ impl<S: ReplicatedState> RaftStateMachine<TypeConfig> for GroupStateMachine<S> {
             self.last_applied = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Blank => replies.push(Reply::default()),
-                EntryPayload::Normal(command) => {
-                    replies.push(Reply(self.state.apply(&command.0).await))
-                }
+                EntryPayload::Normal(command) => replies.push(Reply(
+                    self.state.apply(entry.log_id.index, &command.0).await,
+                )),
                 EntryPayload::Membership(membership) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    self.memberships.push(self.membership.clone());
                     replies.push(Reply::default());
                 }
+            }
+        }
+        if let Some((due, every)) = &self.snapshot_due {
+            let released = self.cursor_index().map_or(0, |c| c + 1);
+            if released >= self.snapshot_index().map_or(0, |s| s + 1) + every {
+                // Full: one is asked for already.
+                let _ = due.try_send(());
             }
         }
         Ok(replies)
@@ -186,12 +273,14 @@ impl<S: ReplicatedState> RaftStateMachine<TypeConfig> for GroupStateMachine<S> {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
+        tracing::info!(group = self.group.0, last_log_id = ?meta.last_log_id, "installing a snapshot from the leader");
         self.state
             .restore(&data)
             .await
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &RestoreError(e)))?;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        self.memberships = vec![self.membership.clone()];
         self.store_snapshot(StoredSnapshot {
             meta: meta.clone(),
             data,

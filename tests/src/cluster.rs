@@ -42,8 +42,8 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 
 /// Node `id`'s configuration: `members[j]` is the port it dials to reach node `j` (its own
 /// is the port it listens on).
-fn write_config(path: &Path, id: usize, members: &[u16], join: bool) {
-    let mut text = format!("node_name = \"warren-{id}@localhost\"\n\n[cluster]\nnode_id = {id}\njoin = {join}\n{TIMINGS}\n[cluster.members]\n");
+fn write_config(path: &Path, id: usize, members: &[u16], join: bool, raft: &str) {
+    let mut text = format!("node_name = \"warren-{id}@localhost\"\n\n[cluster]\nnode_id = {id}\njoin = {join}\n{TIMINGS}{raft}\n[cluster.members]\n");
     for (i, port) in members.iter().enumerate() {
         text.push_str(&format!("{} = \"127.0.0.1:{port}\"\n", i + 1));
     }
@@ -71,21 +71,27 @@ fn node_in(dir: &Path, amqp_port: u16) -> Warren {
 impl Cluster {
     /// Starts `n` nodes on fresh data directories and waits until every one is ready.
     pub fn start(n: usize) -> Cluster {
-        Cluster::start_with(n, false, "")
+        Cluster::start_with(n, false, "", "")
     }
 
     /// Starts `n` nodes whose configuration files end with `extra` (TOML sections).
     pub fn start_configured(n: usize, extra: &str) -> Cluster {
-        Cluster::start_with(n, false, extra)
+        Cluster::start_with(n, false, "", extra)
+    }
+
+    /// Starts `n` nodes with `raft` (lines such as `snapshot_entries = 64`) in their
+    /// configuration's `[cluster]` section.
+    pub fn start_with_raft_settings(n: usize, raft: &str) -> Cluster {
+        Cluster::start_with(n, false, raft, "")
     }
 
     /// Starts `n` nodes whose raft traffic passes through a proxy per ordered pair of nodes,
     /// so that [`Cluster::isolate`] can cut a node off.
     pub fn start_partitionable(n: usize) -> Cluster {
-        Cluster::start_with(n, true, "")
+        Cluster::start_with(n, true, "", "")
     }
 
-    fn start_with(n: usize, partitionable: bool, extra: &str) -> Cluster {
+    fn start_with(n: usize, partitionable: bool, raft: &str, extra: &str) -> Cluster {
         let temp = tempfile::Builder::new()
             .prefix("warren-cluster-")
             .tempdir()
@@ -116,7 +122,7 @@ impl Cluster {
                     None => raft_ports[to - 1],
                 })
                 .collect();
-            write_config(&config, id, &members, false);
+            write_config(&config, id, &members, false, raft);
             if !extra.is_empty() {
                 let mut text = std::fs::read_to_string(&config).expect("configuration");
                 text.push_str(extra);
@@ -174,7 +180,7 @@ impl Cluster {
         self.raft_ports.push(ports[0]);
         let dir = self._temp.path().join(format!("node-{id}"));
         std::fs::create_dir_all(&dir).expect("node dir");
-        write_config(&dir.join("warren.toml"), id, &self.raft_ports, true);
+        write_config(&dir.join("warren.toml"), id, &self.raft_ports, true, "");
         let mut node = node_in(&dir, ports[1]);
         let child = node.launch();
         self.nodes.push(node);

@@ -89,11 +89,22 @@ impl Client {
 
     /// Declares a durable queue and switches the channel to confirm mode.
     pub async fn durable_queue_with_confirms(&mut self, queue: &str) -> anyhow::Result<()> {
+        self.queue_with_confirms(queue, Default::default()).await
+    }
+
+    /// Declares a durable queue with `arguments` (`x-queue-type`, ...) and switches the
+    /// channel to confirm mode.
+    pub async fn queue_with_confirms(
+        &mut self,
+        queue: &str,
+        arguments: warren_broker::amqp::FieldTable,
+    ) -> anyhow::Result<()> {
         self.send(
             1,
             m::QueueDeclare {
                 queue: queue.into(),
                 durable: true,
+                arguments,
                 ..Default::default()
             },
         );

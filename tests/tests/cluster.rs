@@ -1207,6 +1207,68 @@ async fn a_node_joins_and_another_leaves_and_quorum_queues_keep_every_message() 
 }
 
 /// The `x-delivery-count` header of a delivery, if any.
+/// Publishes `ids` to queue `name` through `node`, one at a time, each confirmed before the
+/// next: each goes in a raft entry of its own.
+async fn publish_one_by_one(node: &Warren, name: &str, ids: std::ops::Range<u64>) {
+    let (_c, ch) = channel(node).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
+    for id in ids {
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                name.into(),
+                BasicPublishOptions::default(),
+                id.to_string().as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish");
+        let confirm = tokio::time::timeout(Duration::from_secs(30), confirm)
+            .await
+            .expect("a confirm within 30 s")
+            .expect("confirm");
+        assert!(confirm.is_ack(), "publish {id} nacked");
+    }
+}
+
+/// Messages stay in the raft log, and replicas hold only where they are: a snapshot is the
+/// queue as of its release cursor (the entry before the oldest stored message's), and the log
+/// is kept from there. A replica that missed entries the leader has since purged installs the
+/// snapshot, gets the log after it, and can then lead and serve every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_behind_the_purged_log_catches_up_from_a_snapshot_and_serves_every_message() {
+    // Snapshots every 64 entries; 16 kept before a snapshot's cursor.
+    let mut cluster = Cluster::start_with_raft_settings(3, "snapshot_entries = 64\n");
+    declare_quorum(cluster.node(1), "snap").await;
+    let leader = wait_for_leader(&cluster, 1, "snap").await;
+    let behind = (1..=3).find(|n| *n != leader).expect("a follower");
+    let via = (1..=3)
+        .find(|n| *n != leader && *n != behind)
+        .expect("a third node");
+    cluster.node_mut(behind).kill();
+    // 300 entries of messages settled while it is away, then 100 that stay: the cursor sits
+    // before the first of those, far past everything the stopped replica has.
+    publish_one_by_one(cluster.node(via), "snap", 0..300).await;
+    let taken = take_ids(cluster.node(via), "snap", 300).await;
+    assert_eq!(taken, (0..300).collect());
+    publish_one_by_one(cluster.node(via), "snap", 300..400).await;
+    cluster.start_nodes(&[behind]);
+    // It must lead with what it caught up, then serve the backlog from its own log.
+    transfer_leadership(&cluster, via, "snap", behind);
+    let ids = take_ids(cluster.node(behind), "snap", 100).await;
+    assert_eq!(ids, (300..400).collect(), "{}", cluster.logs());
+    assert!(
+        cluster
+            .node(behind)
+            .log()
+            .contains("installing a snapshot from the leader"),
+        "the replica caught up without a snapshot: the leader's log was not purged\n{}",
+        cluster.logs()
+    );
+}
+
 fn delivery_count(delivery: &lapin::message::Delivery) -> Option<i64> {
     use lapin::types::AMQPValue;
     let headers = delivery.properties.headers().as_ref()?;

@@ -1,8 +1,8 @@
 //! Quorum queues on a cluster: a queue whose messages are a raft group's log, replicated on
 //! every member (or three of them on larger clusters), served by the group's leader.
 //!
-//! - [`state`]: the replicated state (the queue's stored messages) and the commands that
-//!   change it.
+//! - [`state`]: the replicated state (where in the log each stored message is) and the
+//!   commands that change it.
 //! - [`store`]: the leader's message store — the single-node queue actor runs unchanged on it,
 //!   its appends and removals proposed to the group, its confirms sent once committed.
 //! - [`router`]: each node's handle of the queue: to the local actor while this node leads, to

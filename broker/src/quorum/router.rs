@@ -337,6 +337,7 @@ impl Running {
                 );
                 let store = Arc::new(RaftStore::new(
                     raft.clone(),
+                    (Arc::clone(&self.r.broker.wal), self.r.group),
                     self.r.data.clone(),
                     lease,
                     node.groups().holds().watch(self.r.group),

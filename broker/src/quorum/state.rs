@@ -1,6 +1,8 @@
-//! A quorum queue's replicated state: its stored messages by seq, as every replica applies
-//! them. The leader's queue actor appends and removes through [`super::store::RaftStore`];
-//! the commands below are what reaches the raft log.
+//! A quorum queue's replicated state: where in the raft log each stored message is, by seq, as
+//! every replica applies the log. The messages themselves stay in the log, which is kept from
+//! the release cursor on (see [`QueueData::release_cursor`]). The leader's queue actor appends
+//! and removes through [`super::store::RaftStore`]; the commands below are what reaches the
+//! raft log.
 //!
 //! Commands are encoded by hand (a tag byte and big-endian integers) so a message's record is
 //! carried as it is, without a per-byte serde pass. Each carries the proposer's stamp (a
@@ -10,44 +12,96 @@
 //! leader's entry at that index answer for its own.)
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use warren_cluster::state_machine::ReplicatedState;
 
-/// The messages a quorum queue holds (ready or delivered but unsettled).
+/// Where a stored message is: the raft entry that enqueued it (the message stays in the log,
+/// which is kept from the oldest such entry on) and its record's length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loc {
+    pub index: u64,
+    pub len: u32,
+}
+
+/// The messages a quorum queue holds (ready or delivered but unsettled), by where they are in
+/// the log: memory holds a few dozen bytes per message, whatever its size, on every replica.
 #[derive(Debug, Default)]
 pub struct QueueData {
-    pub messages: BTreeMap<u64, Bytes>,
+    pub messages: BTreeMap<u64, Loc>,
+    /// The log entries that enqueued stored messages, in log order, with how many each.
+    entries: VecDeque<(u64, u32)>,
     /// One past the highest seq ever enqueued (a new leader numbers on from here).
     pub bound: u64,
     pub bytes: u64,
     /// The leadership that last claimed the queue: only its commands apply (0: none yet).
     pub owner: u64,
+    /// The claims since the release cursor's: (entry, leadership), the first one in force at
+    /// the cursor (at entry 0 when it came with a snapshot).
+    claims: Vec<(u64, u64)>,
     /// How many times each message went back to the queue unsettled (only those that did):
     /// its delivery count, which `x-delivery-limit` checks, kept across leaders.
     pub returns: BTreeMap<u64, u32>,
 }
 
 impl QueueData {
-    fn insert(&mut self, seq: u64, record: Bytes) {
+    fn insert(&mut self, seq: u64, loc: Loc) {
+        self.remove(seq);
         self.bound = self.bound.max(seq + 1);
-        self.bytes += record.len() as u64;
-        if let Some(old) = self.messages.insert(seq, record) {
-            self.bytes -= old.len() as u64;
+        self.bytes += u64::from(loc.len);
+        self.messages.insert(seq, loc);
+        match self.entries.back_mut() {
+            Some((index, count)) if *index == loc.index => *count += 1,
+            _ => self.entries.push_back((loc.index, 1)),
         }
     }
 
     fn remove(&mut self, seq: u64) {
-        if let Some(old) = self.messages.remove(&seq) {
-            self.bytes -= old.len() as u64;
-        }
+        let Some(old) = self.messages.remove(&seq) else {
+            return;
+        };
+        self.bytes -= u64::from(old.len);
         self.returns.remove(&seq);
+        if let Ok(at) = self.entries.binary_search_by_key(&old.index, |(i, _)| *i) {
+            self.entries[at].1 -= 1;
+        }
+        while self.entries.front().is_some_and(|(_, count)| *count == 0) {
+            self.entries.pop_front();
+        }
     }
 
     fn returned(&mut self, seq: u64) {
         if self.messages.contains_key(&seq) {
             *self.returns.entry(seq).or_default() += 1;
         }
+    }
+
+    /// The last entry a snapshot may cover: the one before the oldest entry a stored message
+    /// is in (`None`: no message is stored, every applied entry may be covered).
+    pub fn release_cursor(&self) -> Option<u64> {
+        self.entries.front().map(|(index, _)| index - 1)
+    }
+
+    fn claim(&mut self, index: u64, owner: u64) {
+        self.owner = owner;
+        self.claims.push((index, owner));
+        // Claims before the one in force at the cursor can no longer matter.
+        let cursor = self.release_cursor().unwrap_or(index);
+        let at = self
+            .claims
+            .iter()
+            .rposition(|(i, _)| *i <= cursor)
+            .unwrap_or(0);
+        self.claims.drain(..at);
+    }
+
+    /// The leadership that owned the queue once entry `index` was applied.
+    fn owner_at(&self, index: u64) -> u64 {
+        self.claims
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .map_or(0, |(_, owner)| *owner)
     }
 }
 
@@ -124,17 +178,19 @@ impl QuorumCommand {
         buf.to_vec()
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<(QuorumCommand, Stamp), String> {
-        let mut b = bytes;
+    /// Decodes a command; an enqueued record is a slice of `bytes`, not a copy.
+    pub fn decode(bytes: &Bytes) -> Result<(QuorumCommand, Stamp), String> {
+        let mut b = &bytes[..];
         if b.len() < 17 {
             return Err("quorum command shorter than its header".into());
         }
         let tag = b.get_u8();
         let stamp = (b.get_u64(), b.get_u64());
-        Self::decode_body(tag, b).map(|c| (c, stamp))
+        Self::decode_body(tag, bytes.slice(17..)).map(|c| (c, stamp))
     }
 
-    fn decode_body(tag: u8, mut b: &[u8]) -> Result<QuorumCommand, String> {
+    fn decode_body(tag: u8, body: Bytes) -> Result<QuorumCommand, String> {
+        let mut b = &body[..];
         let need = |b: &[u8], n: usize| {
             if b.len() < n {
                 Err(format!("quorum command {tag} truncated"))
@@ -148,7 +204,7 @@ impl QuorumCommand {
                 let seq = b.get_u64();
                 Ok(QuorumCommand::Enqueue {
                     seq,
-                    record: Bytes::copy_from_slice(b),
+                    record: body.slice(8..),
                 })
             }
             REMOVE | RETURNED => {
@@ -199,11 +255,11 @@ pub fn encode_batch(stamp: Stamp, parts: &[Vec<u8>]) -> Vec<u8> {
 }
 
 /// A batch: its stamp and its commands, each encoded.
-type Batch<'a> = (Stamp, Vec<&'a [u8]>);
+type Batch = (Stamp, Vec<Bytes>);
 
-/// A batch's stamp and commands; `None` if `bytes` is not a batch.
-fn split_batch(bytes: &[u8]) -> Option<Result<Batch<'_>, String>> {
-    let mut b = bytes;
+/// A batch's stamp and commands (slices of `bytes`); `None` if `bytes` is not a batch.
+fn split_batch(bytes: &Bytes) -> Option<Result<Batch, String>> {
+    let mut b = &bytes[..];
     if b.first() != Some(&BATCH) {
         return None;
     }
@@ -221,7 +277,8 @@ fn split_batch(bytes: &[u8]) -> Option<Result<Batch<'_>, String>> {
         if b.len() < len {
             return Some(Err("quorum batch truncated".into()));
         }
-        parts.push(&b[..len]);
+        let at = bytes.len() - b.len();
+        parts.push(bytes.slice(at..at + len));
         b.advance(len);
     }
     Some(Ok((stamp, parts)))
@@ -229,7 +286,7 @@ fn split_batch(bytes: &[u8]) -> Option<Result<Batch<'_>, String>> {
 
 impl QuorumState {
     /// Applies one command; its stamp, or nothing when it was fenced off or undecodable.
-    fn apply_one(&self, command: &[u8]) -> Vec<u8> {
+    fn apply_one(&self, index: u64, command: &Bytes) -> Vec<u8> {
         let (command, stamp) = match QuorumCommand::decode(command) {
             Ok(decoded) => decoded,
             Err(error) => {
@@ -239,7 +296,7 @@ impl QuorumState {
         };
         let mut data = lock(&self.data);
         if let QuorumCommand::Claim = command {
-            data.owner = stamp.0;
+            data.claim(index, stamp.0);
             return stamp_bytes(stamp);
         }
         if stamp.0 != data.owner {
@@ -253,7 +310,13 @@ impl QuorumState {
         }
         match command {
             QuorumCommand::Claim => {}
-            QuorumCommand::Enqueue { seq, record } => data.insert(seq, record),
+            QuorumCommand::Enqueue { seq, record } => data.insert(
+                seq,
+                Loc {
+                    index,
+                    len: record.len() as u32,
+                },
+            ),
             QuorumCommand::Remove { seqs } => {
                 for s in seqs {
                     data.remove(s);
@@ -276,9 +339,9 @@ impl QuorumState {
 }
 
 impl ReplicatedState for QuorumState {
-    async fn apply(&mut self, command: &[u8]) -> Vec<u8> {
+    async fn apply(&mut self, index: u64, command: &Bytes) -> Vec<u8> {
         match split_batch(command) {
-            None => self.apply_one(command),
+            None => self.apply_one(index, command),
             Some(Err(error)) => {
                 tracing::error!(%error, "undecodable quorum queue batch skipped");
                 Vec::new()
@@ -288,7 +351,7 @@ impl ReplicatedState for QuorumState {
                 // its stamp only if all applied.
                 let mut all = true;
                 for part in parts {
-                    all &= !self.apply_one(part).is_empty();
+                    all &= !self.apply_one(index, &part).is_empty();
                 }
                 if all {
                     stamp_bytes(stamp)
@@ -299,185 +362,232 @@ impl ReplicatedState for QuorumState {
         }
     }
 
-    /// Bound, owner, the messages (seq, length, record), then the delivery counts (seq,
-    /// count) of those that went back to the queue. A snapshot written before delivery counts
-    /// were kept ends after the messages, and restores with none.
+    /// The queue as of its release cursor: the format's mark, the bound and the leadership
+    /// that owned the queue at the cursor. No message: every message stored at the cursor was
+    /// enqueued after it (so were their delivery counts), and the log after the cursor, which
+    /// is kept, enqueues them again when a replica replays it.
     fn snapshot(&self) -> Vec<u8> {
         let data = lock(&self.data);
-        let mut buf = BytesMut::with_capacity(
-            32 + data.bytes as usize + 12 * (data.messages.len() + data.returns.len()),
-        );
+        let cursor = data.release_cursor().unwrap_or(u64::MAX);
+        let mut buf = BytesMut::with_capacity(24);
+        buf.put_u64(SNAPSHOT_MARK);
         buf.put_u64(data.bound);
-        buf.put_u64(data.owner);
-        buf.put_u64(data.messages.len() as u64);
-        for (seq, record) in &data.messages {
-            buf.put_u64(*seq);
-            buf.put_u32(record.len() as u32);
-            buf.put_slice(record);
-        }
-        buf.put_u64(data.returns.len() as u64);
-        for (seq, count) in &data.returns {
-            buf.put_u64(*seq);
-            buf.put_u32(*count);
-        }
+        buf.put_u64(data.owner_at(cursor));
         buf.to_vec()
+    }
+
+    fn release_cursor(&self) -> Option<u64> {
+        lock(&self.data).release_cursor()
     }
 
     async fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
         let mut b = snapshot;
-        let truncated = || "quorum queue snapshot truncated".to_string();
         if b.len() < 24 {
-            return Err(truncated());
+            return Err("quorum queue snapshot truncated".into());
         }
-        let mut fresh = QueueData {
-            bound: b.get_u64(),
-            owner: b.get_u64(),
+        if b.get_u64() != SNAPSHOT_MARK {
+            // The earlier form held the messages themselves.
+            return Err(
+                "quorum queue snapshot in a format from before messages stayed in the log".into(),
+            );
+        }
+        let (bound, owner) = (b.get_u64(), b.get_u64());
+        *lock(&self.data) = QueueData {
+            bound,
+            owner,
+            claims: vec![(0, owner)],
             ..QueueData::default()
         };
-        let count = b.get_u64();
-        for _ in 0..count {
-            if b.len() < 12 {
-                return Err(truncated());
-            }
-            let seq = b.get_u64();
-            let len = b.get_u32() as usize;
-            if b.len() < len {
-                return Err(truncated());
-            }
-            fresh.insert(seq, Bytes::copy_from_slice(&b[..len]));
-            b.advance(len);
-        }
-        if b.has_remaining() {
-            if b.len() < 8 {
-                return Err(truncated());
-            }
-            let count = b.get_u64();
-            for _ in 0..count {
-                if b.len() < 12 {
-                    return Err(truncated());
-                }
-                let (seq, returns) = (b.get_u64(), b.get_u32());
-                fresh.returns.insert(seq, returns);
-            }
-        }
-        *lock(&self.data) = fresh;
         Ok(())
     }
+}
+
+/// Opens a quorum queue snapshot (ASCII "WQSNAP" and a format number; the earlier format began
+/// with the queue's bound, which never comes near this).
+const SNAPSHOT_MARK: u64 = u64::from_be_bytes(*b"WQSNAP\0\x02");
+
+/// The records of messages that entry `command` enqueued, with their seqs (a leader reads its
+/// stored messages back from the log with this).
+pub fn enqueued(command: &Bytes) -> Result<Vec<(u64, Bytes)>, String> {
+    let parts = match split_batch(command) {
+        None => vec![command.clone()],
+        Some(batch) => batch?.1,
+    };
+    let mut out = Vec::new();
+    for part in parts {
+        if part.first() == Some(&ENQUEUE) {
+            if let (QuorumCommand::Enqueue { seq, record }, _) = QuorumCommand::decode(&part)? {
+                out.push((seq, record));
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn commands_round_trip_and_snapshots_restore_the_same_state() {
-        let commands = [
-            QuorumCommand::Claim,
-            QuorumCommand::Enqueue {
-                seq: 7,
-                record: Bytes::from_static(b"seven"),
-            },
-            QuorumCommand::Enqueue {
-                seq: 9,
-                record: Bytes::from_static(b"nine"),
-            },
-            QuorumCommand::Enqueue {
-                seq: 12,
-                record: Bytes::from_static(b"twelve"),
-            },
-            QuorumCommand::Returned { seqs: vec![7, 9] },
-            QuorumCommand::Returned { seqs: vec![9, 11] },
-            QuorumCommand::Remove { seqs: vec![7] },
-            QuorumCommand::RemoveFrom { from: 10 },
-        ];
-        let mut state = QuorumState::default();
-        for (i, c) in commands.iter().enumerate() {
-            let stamp = (42, i as u64);
-            let bytes = c.encode(stamp);
-            assert_eq!(QuorumCommand::decode(&bytes).unwrap(), (c.clone(), stamp));
-            assert_eq!(state.apply(&bytes).await, stamp_bytes(stamp));
+    fn ids(data: &QueueData) -> Vec<u64> {
+        data.messages.keys().copied().collect()
+    }
+
+    fn enqueue(seq: u64, record: &'static [u8], stamp: Stamp) -> Vec<u8> {
+        QuorumCommand::Enqueue {
+            seq,
+            record: Bytes::from_static(record),
         }
-        {
-            let data = lock(&state.data);
-            assert_eq!(data.messages.keys().copied().collect::<Vec<_>>(), [9]);
-            assert_eq!(data.bound, 13, "removal never lowers the bound");
-            assert_eq!(data.bytes, 4);
-            assert_eq!(
-                data.returns
-                    .iter()
-                    .map(|(s, c)| (*s, *c))
-                    .collect::<Vec<_>>(),
-                [(9, 2)],
-                "returns count per stored message, and go with it"
-            );
+        .encode(stamp)
+    }
+
+    /// Applies `entries` (the log, from index 1) from `from` on.
+    async fn replay(state: &mut QuorumState, entries: &[Bytes], from: u64) -> Vec<Vec<u8>> {
+        let mut replies = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let index = i as u64 + 1;
+            if index >= from {
+                replies.push(state.apply(index, entry).await);
+            }
         }
+        replies
+    }
+
+    /// The snapshot at the release cursor, restored, plus the log after the cursor replayed:
+    /// the same state as the one that applied the whole log.
+    async fn rebuilt(state: &QuorumState, entries: &[Bytes]) -> QuorumState {
+        let cursor = state.release_cursor().unwrap_or(entries.len() as u64);
         let mut copy = QuorumState::default();
         copy.restore(&state.snapshot()).await.unwrap();
+        replay(&mut copy, entries, cursor + 1).await;
         {
             let (a, b) = (lock(&state.data), lock(&copy.data));
-            assert_eq!(a.messages, b.messages);
+            assert_eq!(a.messages, b.messages, "from cursor {cursor}");
             assert_eq!((a.bound, a.bytes, a.owner), (b.bound, b.bytes, b.owner));
-            assert_eq!(a.returns, b.returns, "delivery counts survive a snapshot");
+            assert_eq!(a.returns, b.returns, "delivery counts");
+            assert_eq!(a.release_cursor(), b.release_cursor());
         }
-        // A snapshot from before delivery counts were kept (it ends after the messages)
-        // restores with none; one cut inside the counts is refused.
-        let full = state.snapshot();
-        let mut old = QuorumState::default();
-        old.restore(&full[..full.len() - 20]).await.unwrap();
-        assert_eq!(lock(&old.data).messages, lock(&state.data).messages);
-        assert!(lock(&old.data).returns.is_empty());
-        assert!(old.restore(&full[..full.len() - 3]).await.is_err());
-        // Another leadership claims the queue: the first one's commands no longer apply.
-        assert_eq!(
-            copy.apply(&QuorumCommand::Claim.encode((43, 0))).await,
-            stamp_bytes((43, 0))
+        copy
+    }
+
+    #[tokio::test]
+    async fn the_state_knows_where_messages_are_and_a_snapshot_at_its_cursor_plus_the_log_rebuilds_it(
+    ) {
+        let batch = encode_batch(
+            (42, 3),
+            &[
+                enqueue(9, b"nine", (42, 2)),
+                enqueue(12, b"twelve", (42, 3)),
+            ],
         );
-        let stale = QuorumCommand::Remove { seqs: vec![9] }.encode((42, 99));
+        let commands: Vec<Vec<u8>> = vec![
+            QuorumCommand::Claim.encode((42, 0)),
+            enqueue(7, b"seven", (42, 1)),
+            batch,
+            QuorumCommand::Returned { seqs: vec![7, 9] }.encode((42, 4)),
+            QuorumCommand::Returned { seqs: vec![9, 11] }.encode((42, 5)),
+            QuorumCommand::Remove { seqs: vec![7] }.encode((42, 6)),
+            QuorumCommand::RemoveFrom { from: 10 }.encode((42, 7)),
+        ];
+        for (i, c) in commands.iter().enumerate().filter(|(i, _)| *i != 2) {
+            let decoded = QuorumCommand::decode(&Bytes::from(c.clone())).unwrap();
+            let again = QuorumCommand::decode(&Bytes::from(decoded.0.encode(decoded.1)));
+            assert_eq!(again.as_ref(), Ok(&decoded));
+            assert_eq!(decoded.1, (42, if i > 2 { i as u64 + 1 } else { i as u64 }));
+        }
+        let mut entries: Vec<Bytes> = commands.into_iter().map(Bytes::from).collect();
+        let mut state = QuorumState::default();
+        let replies = replay(&mut state, &entries, 1).await;
         assert!(
-            copy.apply(&stale).await.is_empty(),
-            "a stale command is refused"
+            replies.iter().all(|r| !r.is_empty()),
+            "every command applies"
         );
-        assert_eq!(lock(&copy.data).messages.len(), 1, "and changes nothing");
-        let current = QuorumCommand::Remove { seqs: vec![9] }.encode((43, 1));
-        assert_eq!(copy.apply(&current).await, stamp_bytes((43, 1)));
+        {
+            let data = lock(&state.data);
+            assert_eq!(ids(&data), [9]);
+            assert_eq!(data.messages[&9], Loc { index: 3, len: 4 });
+            assert_eq!(data.bound, 13, "removal never lowers the bound");
+            assert_eq!(data.bytes, 4);
+            let returns: Vec<(u64, u32)> = data.returns.iter().map(|(s, c)| (*s, *c)).collect();
+            assert_eq!(
+                returns,
+                [(9, 2)],
+                "counted per stored message, and go with it"
+            );
+            assert_eq!(
+                data.release_cursor(),
+                Some(2),
+                "entry 3 holds the oldest message"
+            );
+        }
+        // The entry that enqueued a message gives its record back.
+        assert_eq!(
+            enqueued(&entries[2]).unwrap(),
+            [
+                (9, Bytes::from_static(b"nine")),
+                (12, Bytes::from_static(b"twelve"))
+            ]
+        );
+        assert_eq!(enqueued(&entries[3]).unwrap(), []);
+        rebuilt(&state, &entries).await;
+
+        // Another leadership claims the queue: the first one's commands no longer apply, and
+        // a snapshot at the cursor (before the claim) still lets them apply up to the claim.
+        entries.push(QuorumCommand::Claim.encode((43, 0)).into());
+        entries.push(
+            QuorumCommand::Remove { seqs: vec![9] }
+                .encode((42, 99))
+                .into(),
+        );
+        entries.push(enqueue(20, b"twenty", (43, 1)).into());
+        let mut state = QuorumState::default();
+        let replies = replay(&mut state, &entries, 1).await;
+        assert!(replies[8].is_empty(), "a stale command is refused");
+        assert_eq!(ids(&lock(&state.data)), [9, 20], "and changes nothing");
+        assert_eq!(lock(&state.data).owner, 43);
+        rebuilt(&state, &entries).await;
+
+        // Settling the oldest message moves the cursor on to the next one's entry; settling
+        // everything moves it to the end.
+        entries.push(
+            QuorumCommand::Remove { seqs: vec![9] }
+                .encode((43, 2))
+                .into(),
+        );
+        replay(&mut state, &entries, 11).await;
+        assert_eq!(state.release_cursor(), Some(9));
+        let copy = rebuilt(&state, &entries).await;
+        assert_eq!(lock(&copy.data).owner, 43);
+        entries.push(
+            QuorumCommand::Remove { seqs: vec![20] }
+                .encode((43, 3))
+                .into(),
+        );
+        replay(&mut state, &entries, 12).await;
+        assert_eq!(state.release_cursor(), None);
+        let copy = rebuilt(&state, &entries).await;
+        assert_eq!(lock(&copy.data).bound, 21);
+        assert_eq!(lock(&copy.data).claims, [(0, 43)]);
+
+        // A stale leadership's batch changes nothing and answers nothing; a torn one is refused.
+        let stale = encode_batch((42, 7), &[enqueue(30, b"x", (42, 7))]);
+        let mut shared = copy.clone();
+        assert!(shared.apply(13, &stale.into()).await.is_empty());
         assert!(lock(&copy.data).messages.is_empty());
-        // A batch applies each of its commands and answers with its own stamp.
-        let parts: Vec<Vec<u8>> = (2..5)
-            .map(|t| {
-                QuorumCommand::Enqueue {
-                    seq: 20 + t,
-                    record: Bytes::from_static(b"batched"),
-                }
-                .encode((43, t))
-            })
-            .collect();
-        let batch = encode_batch((43, 4), &parts);
-        assert_eq!(copy.apply(&batch).await, stamp_bytes((43, 4)));
-        assert_eq!(
-            lock(&copy.data)
-                .messages
-                .keys()
-                .copied()
-                .collect::<Vec<_>>(),
-            [22, 23, 24]
-        );
-        // A stale leadership's batch changes nothing and answers nothing.
-        let stale = encode_batch(
-            (42, 7),
-            &[QuorumCommand::Remove { seqs: vec![22] }.encode((42, 7))],
-        );
-        assert!(copy.apply(&stale).await.is_empty());
-        assert_eq!(lock(&copy.data).messages.len(), 3);
-        let mut torn = batch.clone();
-        torn.truncate(batch.len() - 3);
-        assert!(
-            copy.apply(&torn).await.is_empty(),
-            "a torn batch is refused"
-        );
-        assert!(QuorumCommand::decode(&[REMOVE, 1, 2]).is_err());
+        let mut torn = encode_batch((43, 9), &[enqueue(30, b"x", (43, 9))]);
+        torn.truncate(torn.len() - 1);
+        assert!(shared.apply(13, &torn.into()).await.is_empty());
+        assert!(lock(&copy.data).messages.is_empty());
+
+        // Undecodable commands, and a snapshot of the earlier format (it held the messages).
+        assert!(QuorumCommand::decode(&Bytes::from_static(&[REMOVE, 1, 2])).is_err());
         let mut odd = QuorumCommand::Remove { seqs: vec![1] }.encode((1, 1));
         odd.pop();
-        assert!(QuorumCommand::decode(&odd).is_err());
-        assert!(QuorumCommand::decode(&[]).is_err());
+        assert!(QuorumCommand::decode(&odd.into()).is_err());
+        assert!(QuorumCommand::decode(&Bytes::new()).is_err());
+        let mut old = BytesMut::new();
+        old.put_u64(13);
+        old.put_u64(42);
+        old.put_u64(0);
+        assert!(QuorumState::default().restore(&old).await.is_err());
     }
 }

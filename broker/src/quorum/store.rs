@@ -1,5 +1,8 @@
 //! The message store of a quorum queue's leader: what the queue actor appends and removes
-//! becomes raft entries of the queue's group; reads come from the replicated state.
+//! becomes raft entries of the queue's group. A message is read back from the entry that
+//! enqueued it (the replicated state knows which), or, while its proposal is under way, from
+//! the copy kept until it is applied: the queue may page new messages out of memory as a
+//! classic queue does.
 //!
 //! Proposals go out in order through one task per leadership; what queued up while it was
 //! busy goes out as one raft entry (a batch of commands). A confirm waits (`on_durable`)
@@ -12,16 +15,17 @@
 //! waiting (openraft may never answer proposals a deposed leader made before a snapshot
 //! replaced its log).
 
-use super::state::{encode_batch, lock, stamp_bytes, QuorumCommand, SharedData};
+use super::state::{encode_batch, enqueued, lock, stamp_bytes, Loc, QuorumCommand, SharedData};
 use crate::error::BrokerError;
 use crate::message::StoredMessage;
 use crate::queue::store::MessageStore;
+use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
-use warren_cluster::types::Command;
-use warren_storage::Lsn;
+use warren_cluster::types::{Command, GroupId};
+use warren_storage::{Lsn, Wal};
 
 type Done = Box<dyn FnOnce(bool) + Send>;
 
@@ -73,9 +77,20 @@ impl Progress {
     }
 }
 
+/// Records proposed and not yet applied, by seq, with their proposal's token.
+type Pending = Arc<Mutex<BTreeMap<u64, (u64, Bytes)>>>;
+
+fn pending(p: &Pending) -> std::sync::MutexGuard<'_, BTreeMap<u64, (u64, Bytes)>> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The leader's store of one quorum queue.
 pub struct RaftStore {
     data: SharedData,
+    /// The node's log, which holds the group's entries (stream = group id).
+    wal: Arc<Wal>,
+    group: GroupId,
+    pending: Pending,
     /// When a majority last acknowledged this leader (as openraft reports it).
     quorum_acked_at: Arc<Mutex<Option<tokio::time::Instant>>>,
     /// How long after that this leader is sure no other leader exists.
@@ -119,6 +134,7 @@ impl RaftStore {
     /// (`warren_cluster::handover`).
     pub fn new(
         raft: warren_cluster::types::GroupRaft,
+        (wal, group): (Arc<Wal>, GroupId),
         data: SharedData,
         lease: std::time::Duration,
         mut held: tokio::sync::watch::Receiver<bool>,
@@ -190,6 +206,8 @@ impl RaftStore {
         });
         // ...and learns the outcomes in the same order.
         let p = Arc::clone(&progress_shared);
+        let pending_shared = Pending::default();
+        let proposed = Arc::clone(&pending_shared);
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -213,6 +231,14 @@ impl RaftStore {
                     let mut progress = progress(&p);
                     if ok {
                         progress.applied = progress.applied.max(token);
+                        // Applied: the state now says where in the log they are.
+                        let mut proposed = pending(&proposed);
+                        while let Some(first) = proposed.first_entry() {
+                            if first.get().0 > token {
+                                break;
+                            }
+                            first.remove();
+                        }
                     } else if progress.failed_at.is_none() {
                         tracing::warn!(token, "quorum queue proposal failed: leadership lost");
                         progress.failed_at = Some(first);
@@ -236,6 +262,9 @@ impl RaftStore {
         });
         RaftStore {
             data,
+            wal,
+            group,
+            pending: pending_shared,
             quorum_acked_at,
             lease,
             proposals: tx,
@@ -282,17 +311,36 @@ impl RaftStore {
     }
 }
 
+impl RaftStore {
+    /// The messages entry `index` of the queue's log enqueued.
+    fn read_entry(&self, index: u64) -> Result<Vec<(u64, Bytes)>, BrokerError> {
+        let command = warren_cluster::log_store::read_command(&self.wal, self.group, index)
+            .map_err(|e| BrokerError::Cluster(format!("reading entry {index}: {e}")))?
+            .ok_or_else(|| {
+                BrokerError::Cluster(format!("entry {index} of the queue's log is missing"))
+            })?;
+        enqueued(&command).map_err(|e| BrokerError::Cluster(format!("entry {index}: {e}")))
+    }
+}
+
 impl MessageStore for RaftStore {
     fn append(&self, seq: u64, record: &StoredMessage) -> Result<Lsn, BrokerError> {
         // Every message of a quorum queue is replicated, persistent or not (as in RabbitMQ).
         let record = StoredMessage {
             transient: false,
             ..record.clone()
-        };
-        self.propose(QuorumCommand::Enqueue {
+        }
+        .encode()
+        .freeze();
+        // Kept until applied (the token is taken while the lock is held, so the tokens of
+        // what is kept rise with the seqs).
+        let mut kept = pending(&self.pending);
+        let lsn = self.propose(QuorumCommand::Enqueue {
             seq,
-            record: record.encode().freeze(),
-        })
+            record: record.clone(),
+        })?;
+        kept.insert(seq, (lsn.0, record));
+        Ok(lsn)
     }
 
     fn remove(&self, seqs: &[u64]) -> Result<(), BrokerError> {
@@ -318,16 +366,53 @@ impl MessageStore for RaftStore {
     }
 
     fn read_from(&self, from: u64, limit: usize) -> Result<Vec<(u64, StoredMessage)>, BrokerError> {
-        let data = lock(&self.data);
-        data.messages
+        // Proposed ones first: one applied meanwhile is in the state by the time it leaves
+        // `pending`, so it is found in one or the other.
+        let mut records: BTreeMap<u64, Bytes> = pending(&self.pending)
             .range(from..)
             .take(limit)
-            .map(|(seq, record)| {
-                StoredMessage::decode(record.clone())
-                    .map(|m| (*seq, m))
+            .map(|(seq, (_, record))| (*seq, record.clone()))
+            .collect();
+        let stored: Vec<(u64, Loc)> = lock(&self.data)
+            .messages
+            .range(from..)
+            .take(limit)
+            .map(|(seq, loc)| (*seq, *loc))
+            .collect();
+        let mut seqs: Vec<u64> = records.keys().copied().collect();
+        seqs.extend(stored.iter().map(|(seq, _)| *seq));
+        seqs.sort_unstable();
+        seqs.dedup();
+        seqs.truncate(limit);
+        let Some(&last) = seqs.last() else {
+            return Ok(Vec::new());
+        };
+        // The rest from the log, each entry read once for all the messages it holds.
+        let mut wanted: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for (seq, loc) in stored {
+            if seq <= last && !records.contains_key(&seq) {
+                wanted.entry(loc.index).or_default().push(seq);
+            }
+        }
+        for (index, seqs) in wanted {
+            let found = self.read_entry(index)?;
+            for seq in seqs {
+                let record = found.iter().find(|(s, _)| *s == seq).ok_or_else(|| {
+                    BrokerError::Cluster(format!(
+                        "message {seq} is missing from entry {index} of the queue's log"
+                    ))
+                })?;
+                records.insert(seq, record.1.clone());
+            }
+        }
+        seqs.into_iter()
+            .map(|seq| {
+                let record = records.remove(&seq).expect("read above");
+                StoredMessage::decode(record)
+                    .map(|m| (seq, m))
                     .map_err(|source| BrokerError::BadRecord {
-                        stream: 0,
-                        seq: *seq,
+                        stream: self.group.0,
+                        seq,
                         source,
                     })
             })
@@ -352,10 +437,6 @@ impl MessageStore for RaftStore {
 
     fn keeps_transient(&self) -> bool {
         true
-    }
-
-    fn pages_new_messages(&self) -> bool {
-        false
     }
 
     fn may_deliver(&self) -> bool {

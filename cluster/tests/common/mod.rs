@@ -25,7 +25,7 @@ impl Kv {
 }
 
 impl ReplicatedState for Kv {
-    async fn apply(&mut self, command: &[u8]) -> Vec<u8> {
+    async fn apply(&mut self, _index: u64, command: &bytes::Bytes) -> Vec<u8> {
         let text = String::from_utf8_lossy(command).into_owned();
         let (k, v) = text.split_once('=').unwrap_or((&text, ""));
         self.0
