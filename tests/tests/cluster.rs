@@ -1043,6 +1043,12 @@ async fn total_queue_under_random_kills_and_partitions() {
 /// Publishes `ids` (as text bodies, persistent) to queue `name` through `node` and waits for
 /// every confirm, which must be an ack.
 async fn publish_confirmed(node: &Warren, name: &str, ids: std::ops::Range<u64>) {
+    publish_confirmed_by(node, name, ids, usize::MAX).await
+}
+
+/// As [`publish_confirmed`], waiting for the confirms whenever `window` are outstanding (with
+/// 1, each message is confirmed before the next is sent: each goes in a raft entry of its own).
+async fn publish_confirmed_by(node: &Warren, name: &str, ids: std::ops::Range<u64>, window: usize) {
     let (_c, ch) = channel(node).await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -1060,7 +1066,14 @@ async fn publish_confirmed(node: &Warren, name: &str, ids: std::ops::Range<u64>)
             .await
             .expect("publish");
         confirms.push(confirm);
+        if confirms.len() >= window {
+            await_acks(std::mem::take(&mut confirms)).await;
+        }
     }
+    await_acks(confirms).await;
+}
+
+async fn await_acks(confirms: Vec<lapin::PublisherConfirm>) {
     for confirm in confirms {
         let confirm = tokio::time::timeout(Duration::from_secs(30), confirm)
             .await
@@ -1207,32 +1220,6 @@ async fn a_node_joins_and_another_leaves_and_quorum_queues_keep_every_message() 
 }
 
 /// The `x-delivery-count` header of a delivery, if any.
-/// Publishes `ids` to queue `name` through `node`, one at a time, each confirmed before the
-/// next: each goes in a raft entry of its own.
-async fn publish_one_by_one(node: &Warren, name: &str, ids: std::ops::Range<u64>) {
-    let (_c, ch) = channel(node).await;
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm mode");
-    for id in ids {
-        let confirm = ch
-            .basic_publish(
-                "".into(),
-                name.into(),
-                BasicPublishOptions::default(),
-                id.to_string().as_bytes(),
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .expect("publish");
-        let confirm = tokio::time::timeout(Duration::from_secs(30), confirm)
-            .await
-            .expect("a confirm within 30 s")
-            .expect("confirm");
-        assert!(confirm.is_ack(), "publish {id} nacked");
-    }
-}
-
 /// Messages stay in the raft log, and replicas hold only where they are: a snapshot is the
 /// queue as of its release cursor (the entry before the oldest stored message's), and the log
 /// is kept from there. A replica that missed entries the leader has since purged installs the
@@ -1250,10 +1237,10 @@ async fn a_replica_behind_the_purged_log_catches_up_from_a_snapshot_and_serves_e
     cluster.node_mut(behind).kill();
     // 300 entries of messages settled while it is away, then 100 that stay: the cursor sits
     // before the first of those, far past everything the stopped replica has.
-    publish_one_by_one(cluster.node(via), "snap", 0..300).await;
+    publish_confirmed_by(cluster.node(via), "snap", 0..300, 1).await;
     let taken = take_ids(cluster.node(via), "snap", 300).await;
     assert_eq!(taken, (0..300).collect());
-    publish_one_by_one(cluster.node(via), "snap", 300..400).await;
+    publish_confirmed_by(cluster.node(via), "snap", 300..400, 1).await;
     cluster.start_nodes(&[behind]);
     // It must lead with what it caught up, then serve the backlog from its own log.
     transfer_leadership(&cluster, via, "snap", behind);
