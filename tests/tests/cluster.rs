@@ -1180,6 +1180,15 @@ async fn a_node_joins_and_another_leaves_and_quorum_queues_keep_every_message() 
     // The new node knows the definitions and serves the queue it holds no replica of.
     assert_eq!(replicas_of(&cluster, four, "moving").await, [1, 2, 3]);
     publish_confirmed(cluster.node(four), "moving", 100..200).await;
+    // It moves the queue's leadership too, by asking the chosen replica to take it.
+    let leader = wait_for_leader(&cluster, 1, "moving").await;
+    let next = [1, 2, 3].into_iter().find(|n| *n != leader).expect("one");
+    transfer_leadership(&cluster, four, "moving", next);
+    assert_eq!(
+        wait_for_leader_to_be(&cluster, 1, "moving", next).await,
+        Some(next)
+    );
+    phase("leadership moved through node 4");
     // A queue declared now is placed on three of the four members.
     declare_quorum(cluster.node(four), "fresh").await;
     assert_eq!(replicas_of(&cluster, 1, "fresh").await.len(), 3);
@@ -1219,7 +1228,6 @@ async fn a_node_joins_and_another_leaves_and_quorum_queues_keep_every_message() 
     phase("all taken after the leader was killed");
 }
 
-/// The `x-delivery-count` header of a delivery, if any.
 /// Messages stay in the raft log, and replicas hold only where they are: a snapshot is the
 /// queue as of its release cursor (the entry before the oldest stored message's), and the log
 /// is kept from there. A replica that missed entries the leader has since purged installs the
@@ -1256,6 +1264,7 @@ async fn a_replica_behind_the_purged_log_catches_up_from_a_snapshot_and_serves_e
     );
 }
 
+/// The `x-delivery-count` header of a delivery, if any.
 fn delivery_count(delivery: &lapin::message::Delivery) -> Option<i64> {
     use lapin::types::AMQPValue;
     let headers = delivery.properties.headers().as_ref()?;

@@ -217,7 +217,7 @@ impl Admin for AdminService {
         let r = r.into_inner();
         let vhost = vhost_of(&r.vhost);
         messages::queue(&self.broker, vhost, &r.queue)?;
-        let (Some(node), Some(q)) = (
+        let (Some(_), Some(q)) = (
             self.broker.cluster_node(),
             self.broker.quorum_queue(vhost, &r.queue),
         ) else {
@@ -232,7 +232,8 @@ impl Admin for AdminService {
                 r.node, r.queue, q.decl.replicas
             )));
         }
-        node.transfer_leadership(q.group(), r.node, std::time::Duration::from_secs(10))
+        self.broker
+            .transfer_leadership(vhost, &r.queue, r.node)
             .await
             .map_err(Status::unavailable)?;
         ok(Empty {})

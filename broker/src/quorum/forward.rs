@@ -262,6 +262,14 @@ impl Queues for QueuesService {
     async fn call(&self, request: Request<CallRequest>) -> Result<Response<CallReply>, Status> {
         let broker = self.broker()?;
         let request = request.into_inner();
+        if request.op == 5 {
+            let queue = request.queue.unwrap_or_default();
+            broker
+                .transfer_leadership(&queue.vhost, &queue.queue, request.to)
+                .await
+                .map_err(Status::unavailable)?;
+            return Ok(Response::new(CallReply::default()));
+        }
         let handle = queue_of(&broker, request.queue)?;
         let gone = || Status::not_found("the queue is gone");
         let (first, second) = match request.op {

@@ -339,6 +339,46 @@ impl Broker {
             .find(|q| q.decl.vhost == vhost && q.decl.name == name)
     }
 
+    /// Moves the leadership of quorum queue `name` to node `to` (a replica), waiting until it
+    /// leads. A node that holds no working replica of the queue (none, or a fenced one) asks
+    /// `to` to do it.
+    pub async fn transfer_leadership(
+        self: &Arc<Broker>,
+        vhost: &str,
+        name: &str,
+        to: u64,
+    ) -> Result<(), String> {
+        let timeout = std::time::Duration::from_secs(10);
+        let (Some(node), Some(q)) = (self.cluster_node(), self.quorum_queue(vhost, name)) else {
+            return Err(format!(
+                "queue '{name}' in vhost '{vhost}' is not a quorum queue of a cluster"
+            ));
+        };
+        if node.groups().get(q.group()).is_some() {
+            return node.transfer_leadership(q.group(), to, timeout).await;
+        }
+        if to == node.id() {
+            return Err(format!(
+                "this node holds no working replica of queue '{name}'"
+            ));
+        }
+        let mut request = tonic::Request::new(warren_proto::queues::CallRequest {
+            queue: Some(warren_proto::queues::QueueRef {
+                vhost: vhost.into(),
+                queue: name.into(),
+            }),
+            op: 5,
+            to,
+        });
+        request.set_timeout(timeout + std::time::Duration::from_secs(5));
+        let channel = node.channel_to(to)?;
+        warren_proto::queues::queues_client::QueuesClient::new(channel)
+            .call(request)
+            .await
+            .map(drop)
+            .map_err(|status| format!("node {to}: {}", status.message()))
+    }
+
     /// Whether `handle` is a quorum queue's (replicated rather than local).
     pub fn is_quorum(&self, vhost: &Vhost, handle: &QueueHandle) -> bool {
         self.quorum_queue(&vhost.name, handle.name())

@@ -602,6 +602,7 @@ async fn call(
         .call(CallRequest {
             queue: Some(queue),
             op,
+            to: 0,
         })
         .await
         .ok()?

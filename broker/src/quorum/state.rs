@@ -12,7 +12,7 @@
 //! leader's entry at that index answer for its own.)
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use warren_cluster::state_machine::ReplicatedState;
 
@@ -29,8 +29,9 @@ pub struct Loc {
 #[derive(Debug, Default)]
 pub struct QueueData {
     pub messages: BTreeMap<u64, Loc>,
-    /// The log entries that enqueued stored messages, in log order, with how many each.
-    entries: VecDeque<(u64, u32)>,
+    /// The log entries that enqueued stored messages, with how many each (only those with
+    /// some: a message left unsettled for long costs no more than the others).
+    entries: BTreeMap<u64, u32>,
     /// One past the highest seq ever enqueued (a new leader numbers on from here).
     pub bound: u64,
     pub bytes: u64,
@@ -50,10 +51,7 @@ impl QueueData {
         self.bound = self.bound.max(seq + 1);
         self.bytes += u64::from(loc.len);
         self.messages.insert(seq, loc);
-        match self.entries.back_mut() {
-            Some((index, count)) if *index == loc.index => *count += 1,
-            _ => self.entries.push_back((loc.index, 1)),
-        }
+        *self.entries.entry(loc.index).or_default() += 1;
     }
 
     fn remove(&mut self, seq: u64) {
@@ -62,11 +60,13 @@ impl QueueData {
         };
         self.bytes -= u64::from(old.len);
         self.returns.remove(&seq);
-        if let Ok(at) = self.entries.binary_search_by_key(&old.index, |(i, _)| *i) {
-            self.entries[at].1 -= 1;
-        }
-        while self.entries.front().is_some_and(|(_, count)| *count == 0) {
-            self.entries.pop_front();
+        if let std::collections::btree_map::Entry::Occupied(mut count) =
+            self.entries.entry(old.index)
+        {
+            *count.get_mut() -= 1;
+            if *count.get() == 0 {
+                count.remove();
+            }
         }
     }
 
@@ -79,7 +79,7 @@ impl QueueData {
     /// The last entry a snapshot may cover: the one before the oldest entry a stored message
     /// is in (`None`: no message is stored, every applied entry may be covered).
     pub fn release_cursor(&self) -> Option<u64> {
-        self.entries.front().map(|(index, _)| index - 1)
+        self.entries.first_key_value().map(|(index, _)| index - 1)
     }
 
     fn claim(&mut self, index: u64, owner: u64) {
