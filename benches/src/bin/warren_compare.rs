@@ -33,67 +33,108 @@ struct Args {
 struct Scenario {
     name: &'static str,
     tweak: fn(&mut Options),
+    /// Run against three-node clusters (Warren's `local-cluster`, three RabbitMQ nodes
+    /// clustered with `rabbitmqctl join_cluster`), all on this machine.
+    cluster: bool,
+}
+
+impl Scenario {
+    fn single(name: &'static str, tweak: fn(&mut Options)) -> Scenario {
+        Scenario {
+            name,
+            tweak,
+            cluster: false,
+        }
+    }
 }
 
 fn scenarios() -> Vec<Scenario> {
     vec![
-        Scenario {
-            name: "persistent 1 KiB, confirm window 100, 1 producer 1 consumer",
-            tweak: |_| {},
-        },
-        Scenario {
-            name: "persistent 1 KiB, confirm window 1000, 1 producer 1 consumer",
-            tweak: |o| o.confirm = 1000,
-        },
-        Scenario {
-            name: "persistent 16 B, confirm window 100, 1p 1c",
-            tweak: |o| o.size = 16,
-        },
-        Scenario {
-            name: "persistent 64 KiB, confirm window 100, 1p 1c",
-            tweak: |o| o.size = 65536,
-        },
-        Scenario {
-            name: "persistent 1 KiB, confirm window 100, 4 producers 4 consumers",
-            tweak: |o| {
+        Scenario::single(
+            "persistent 1 KiB, confirm window 100, 1 producer 1 consumer",
+            |_| {},
+        ),
+        Scenario::single(
+            "persistent 1 KiB, confirm window 1000, 1 producer 1 consumer",
+            |o| o.confirm = 1000,
+        ),
+        Scenario::single("persistent 16 B, confirm window 100, 1p 1c", |o| {
+            o.size = 16
+        }),
+        Scenario::single("persistent 64 KiB, confirm window 100, 1p 1c", |o| {
+            o.size = 65536
+        }),
+        Scenario::single(
+            "persistent 1 KiB, confirm window 100, 4 producers 4 consumers",
+            |o| {
                 o.producers = 4;
                 o.consumers = 4;
             },
-        },
-        Scenario {
-            name: "persistent 1 KiB, publish 200k then drain (drain rate)",
-            tweak: |o| {
+        ),
+        Scenario::single(
+            "persistent 1 KiB, publish 200k then drain (drain rate)",
+            |o| {
                 o.drain = true;
                 o.messages = Some(200_000);
             },
-        },
+        ),
+        Scenario::single("transient 1 KiB, confirm window 100, 1p 1c", |o| {
+            o.transient = true
+        }),
+        Scenario::single("persistent 1 KiB at a fixed 5000 msg/s (latency)", |o| {
+            o.rate = 5000
+        }),
         Scenario {
-            name: "transient 1 KiB, confirm window 100, 1p 1c",
-            tweak: |o| o.transient = true,
-        },
-        Scenario {
-            name: "persistent 1 KiB at a fixed 5000 msg/s (latency)",
-            tweak: |o| o.rate = 5000,
+            name: "3-node cluster, quorum queue, persistent 1 KiB, confirm window 1000, 1p 1c",
+            tweak: |o| {
+                o.queue_type = "quorum".into();
+                o.confirm = 1000;
+            },
+            cluster: true,
         },
     ]
 }
 
-/// A broker process under test.
+/// A broker (or a cluster of them) under test.
 struct Broker {
     name: &'static str,
     addr: String,
-    /// The process doing the broker's work (RabbitMQ's beam.smp, not its start script).
+    /// The process doing the broker's work (RabbitMQ's beam.smp, not its start script; for a
+    /// cluster, node 1's, where the client connects and the queue is declared).
     pid: u32,
-    child: Child,
+    /// Processes to SIGKILL when done (each node's beam.smp).
+    kill: Vec<u32>,
+    /// Started processes, asked to stop with SIGTERM first (`warren local-cluster` stops its
+    /// nodes cleanly), then killed.
+    children: Vec<Child>,
+}
+
+fn signal(pid: u32, signal: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        for child in &mut self.children {
+            signal(child.id(), rustix::process::Signal::TERM);
+            for _ in 0..100 {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for pid in std::iter::once(self.pid).chain(self.kill.iter().copied()) {
+            if pid != 0 {
+                signal(pid, rustix::process::Signal::KILL);
+            }
+        }
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -107,6 +148,16 @@ fn wait_for_port(addr: &str, timeout: Duration) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
+}
+
+/// The pid of the first process whose command line matches `pattern`.
+fn pgrep(pattern: &str) -> anyhow::Result<u32> {
+    let output = Command::new("pgrep").args(["-f", pattern]).output()?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("no process matches {pattern:?}"))
 }
 
 fn start_warren(dir: &Path) -> anyhow::Result<Broker> {
@@ -127,13 +178,39 @@ fn start_warren(dir: &Path) -> anyhow::Result<Broker> {
         name: "Warren",
         addr,
         pid,
-        child,
+        kill: Vec::new(),
+        children: vec![child],
+    })
+}
+
+/// Three Warren nodes with `warren local-cluster` (AMQP on 5700–5702).
+fn start_warren_cluster(dir: &Path) -> anyhow::Result<Broker> {
+    let base = dir.join("warren-cluster");
+    let child = Command::new(warren_tests::warren_binary())
+        .args(["local-cluster", "--base-port", "5700", "--dir"])
+        .arg(&base)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting warren local-cluster")?;
+    for port in 5700..5703 {
+        wait_for_port(&format!("127.0.0.1:{port}"), Duration::from_secs(60))?;
+    }
+    let pid = pgrep(&format!("{}/node-1/", base.display()))?;
+    Ok(Broker {
+        name: "Warren",
+        addr: "127.0.0.1:5700".into(),
+        pid,
+        kill: Vec::new(),
+        children: vec![child],
     })
 }
 
 const RABBIT: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+const RABBITMQCTL: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
 
-fn start_rabbitmq(dir: &Path) -> anyhow::Result<Broker> {
+fn install_rabbitmq() -> anyhow::Result<()> {
     if !Path::new(RABBIT).exists() {
         eprintln!("installing RabbitMQ from Debian's rabbitmq-server package");
         let status = Command::new("apt-get")
@@ -142,42 +219,114 @@ fn start_rabbitmq(dir: &Path) -> anyhow::Result<Broker> {
             .status()?;
         anyhow::ensure!(status.success(), "apt-get install rabbitmq-server failed");
     }
-    let base = dir.join("rabbitmq");
-    std::fs::create_dir_all(&base)?;
-    let addr = "127.0.0.1:5691".to_string();
-    // The node runs as the current user from its own directories (the Debian wrapper in
-    // /usr/sbin would switch to the rabbitmq user and the system-wide node).
+    Ok(())
+}
+
+/// Starts RabbitMQ node `name@localhost` on AMQP `port` with its data and home under `base` (and
+/// `cookie` as its Erlang cookie, if given), as the current user from its own directories (the
+/// Debian wrapper in /usr/sbin would switch to the rabbitmq user and the system-wide node);
+/// returns the start script's process and, once AMQP is up, the node's beam.smp.
+fn spawn_rabbitmq(
+    base: &Path,
+    name: &str,
+    port: u16,
+    cookie: Option<&str>,
+) -> anyhow::Result<(Child, u32)> {
+    std::fs::create_dir_all(base)?;
+    if let Some(cookie) = cookie {
+        let path = base.join(".erlang.cookie");
+        std::fs::write(&path, cookie)?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o400))?;
+    }
     let child = Command::new(RABBIT)
-        .env("RABBITMQ_NODENAME", "compare@localhost")
-        .env("RABBITMQ_NODE_PORT", "5691")
-        .env("RABBITMQ_DIST_PORT", "25691")
+        .env("RABBITMQ_NODENAME", format!("{name}@localhost"))
+        .env("RABBITMQ_NODE_PORT", port.to_string())
+        .env("RABBITMQ_DIST_PORT", (port + 20_000).to_string())
         .env("RABBITMQ_MNESIA_BASE", base.join("mnesia"))
         .env("RABBITMQ_LOG_BASE", base.join("log"))
         .env(
             "RABBITMQ_ENABLED_PLUGINS_FILE",
             base.join("enabled_plugins"),
         )
-        .env("HOME", &base)
+        .env("HOME", base)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("starting rabbitmq-server")?;
-    wait_for_port(&addr, Duration::from_secs(120))?;
-    // The broker's CPU is the beam.smp process of this node.
     // The node's command line carries its home directory (not its name).
-    let pattern = format!("beam.smp.*{}", base.display());
-    let output = Command::new("pgrep").args(["-f", &pattern]).output()?;
-    let pid = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .next()
-        .and_then(|l| l.trim().parse().ok())
-        .context("finding RabbitMQ's beam.smp")?;
+    let ready = wait_for_port(&format!("127.0.0.1:{port}"), Duration::from_secs(120))
+        .and_then(|()| pgrep(&format!("beam.smp.*-home {} ", base.display())));
+    match ready {
+        Ok(pid) => Ok((child, pid)),
+        Err(error) => {
+            drop(Broker {
+                name: "RabbitMQ 3.10",
+                addr: String::new(),
+                pid: 0,
+                kill: pgrep(&format!("beam.smp.*-home {} ", base.display()))
+                    .into_iter()
+                    .collect(),
+                children: vec![child],
+            });
+            Err(error)
+        }
+    }
+}
+
+fn start_rabbitmq(dir: &Path) -> anyhow::Result<Broker> {
+    install_rabbitmq()?;
+    let base = dir.join("rabbitmq");
+    let (child, pid) = spawn_rabbitmq(&base, "compare", 5691, None)?;
     Ok(Broker {
         name: "RabbitMQ 3.10",
-        addr,
+        addr: "127.0.0.1:5691".into(),
         pid,
-        child,
+        kill: Vec::new(),
+        children: vec![child],
     })
+}
+
+/// Three RabbitMQ nodes (AMQP on 5693–5695) sharing one Erlang cookie, nodes 2 and 3 joined
+/// to node 1's cluster.
+fn start_rabbitmq_cluster(dir: &Path) -> anyhow::Result<Broker> {
+    install_rabbitmq()?;
+    let home = dir.join("rabbitmq-cluster");
+    let cookie = format!("WARRENCOMPARE{:016X}", rand::random::<u64>());
+    let mut broker = Broker {
+        name: "RabbitMQ 3.10",
+        addr: "127.0.0.1:5693".into(),
+        pid: 0,
+        kill: Vec::new(),
+        children: Vec::new(),
+    };
+    // Dropping `broker` on an error stops whatever started.
+    for i in 1..=3u16 {
+        let base = home.join(format!("n{i}"));
+        let (child, pid) = spawn_rabbitmq(&base, &format!("cmp{i}"), 5692 + i, Some(&cookie))?;
+        broker.children.push(child);
+        if i == 1 {
+            broker.pid = pid;
+        } else {
+            broker.kill.push(pid);
+        }
+    }
+    for i in 2..=3 {
+        let node = format!("cmp{i}@localhost");
+        for args in [
+            vec!["stop_app"],
+            vec!["join_cluster", "cmp1@localhost"],
+            vec!["start_app"],
+        ] {
+            let status = Command::new(RABBITMQCTL)
+                .args(["-n", &node])
+                .args(&args)
+                .env("HOME", home.join("n1"))
+                .stdout(Stdio::null())
+                .status()?;
+            anyhow::ensure!(status.success(), "rabbitmqctl -n {node} {args:?} failed");
+        }
+    }
+    Ok(broker)
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -252,52 +401,33 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("warren-compare-")
         .tempdir()?;
-    let warren = start_warren(dir.path())?;
-    let rabbit = start_rabbitmq(dir.path())?;
+    let chosen: Vec<Scenario> = scenarios()
+        .into_iter()
+        .filter(|s| {
+            args.only
+                .as_ref()
+                .is_none_or(|o| s.name.contains(o.as_str()))
+        })
+        .collect();
     let mut results: Vec<(String, Vec<Report>, Vec<Report>)> = Vec::new();
-    for scenario in scenarios() {
-        if args
-            .only
-            .as_ref()
-            .is_some_and(|o| !scenario.name.contains(o.as_str()))
-        {
+    // Single nodes first, then clusters (one pair of brokers running at a time).
+    for cluster in [false, true] {
+        let batch: Vec<&Scenario> = chosen.iter().filter(|s| s.cluster == cluster).collect();
+        if batch.is_empty() {
             continue;
         }
-        let mut per_broker: [Vec<Report>; 2] = [Vec::new(), Vec::new()];
-        for repetition in 0..args.repetitions {
-            for (b, broker) in [&warren, &rabbit].into_iter().enumerate() {
-                let mut options = perf::default_options();
-                options.addr = broker.addr.clone();
-                options.duration_s = args.seconds;
-                options.broker_pid = Some(broker.pid);
-                options.queue = format!("compare-{}", results.len());
-                options.label = format!("{} / {}", broker.name, scenario.name);
-                (scenario.tweak)(&mut options);
-                let report = perf::run(options)
-                    .await
-                    .with_context(|| format!("{} on {}", scenario.name, broker.name))?;
-                eprintln!(
-                    "[{}/{}] {:<14} {:<66} {:>9.0} msg/s  p99 e2e {:>6} µs  cpu {:>5.1} µs/msg  lost {}",
-                    repetition + 1,
-                    args.repetitions,
-                    broker.name,
-                    scenario.name,
-                    report.consume_rate,
-                    report.end_to_end_latency.p99_us,
-                    report.broker_cpu_us_per_message.unwrap_or(f64::NAN),
-                    report.lost
-                );
-                anyhow::ensure!(
-                    report.lost == 0,
-                    "{} lost messages on {}",
-                    report.lost,
-                    broker.name
-                );
-                per_broker[b].push(report);
-            }
+        let brokers = if cluster {
+            [
+                start_warren_cluster(dir.path())?,
+                start_rabbitmq_cluster(dir.path())?,
+            ]
+        } else {
+            [start_warren(dir.path())?, start_rabbitmq(dir.path())?]
+        };
+        for scenario in batch {
+            let (w, r) = run_scenario(&args, scenario, &brokers, results.len()).await?;
+            results.push((scenario.name.to_string(), w, r));
         }
-        let [w, r] = per_broker;
-        results.push((scenario.name.to_string(), w, r));
     }
     let rows: Vec<Row> = results
         .iter()
@@ -366,7 +496,49 @@ async fn main() -> anyhow::Result<()> {
     )?;
     std::fs::write(args.out.join("latest.svg"), svg_chart(&rows))?;
     println!("{md}");
-    drop(rabbit);
-    drop(warren);
     Ok(())
+}
+
+/// Runs `scenario` `args.repetitions` times on each broker, alternating; the reports of each.
+async fn run_scenario(
+    args: &Args,
+    scenario: &Scenario,
+    brokers: &[Broker; 2],
+    index: usize,
+) -> anyhow::Result<(Vec<Report>, Vec<Report>)> {
+    let mut per_broker: [Vec<Report>; 2] = [Vec::new(), Vec::new()];
+    for repetition in 0..args.repetitions {
+        for (b, broker) in brokers.iter().enumerate() {
+            let mut options = perf::default_options();
+            options.addr = broker.addr.clone();
+            options.duration_s = args.seconds;
+            options.broker_pid = Some(broker.pid);
+            options.queue = format!("compare-{index}");
+            options.label = format!("{} / {}", broker.name, scenario.name);
+            (scenario.tweak)(&mut options);
+            let report = perf::run(options)
+                .await
+                .with_context(|| format!("{} on {}", scenario.name, broker.name))?;
+            eprintln!(
+                "[{}/{}] {:<14} {:<66} {:>9.0} msg/s  p99 e2e {:>6} µs  cpu {:>5.1} µs/msg  lost {}",
+                repetition + 1,
+                args.repetitions,
+                broker.name,
+                scenario.name,
+                report.consume_rate,
+                report.end_to_end_latency.p99_us,
+                report.broker_cpu_us_per_message.unwrap_or(f64::NAN),
+                report.lost
+            );
+            anyhow::ensure!(
+                report.lost == 0,
+                "{} lost messages on {}",
+                report.lost,
+                broker.name
+            );
+            per_broker[b].push(report);
+        }
+    }
+    let [w, r] = per_broker;
+    Ok((w, r))
 }
