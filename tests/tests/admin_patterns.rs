@@ -61,6 +61,19 @@ async fn peek_changes_nothing_and_get_move_take_messages_safely() -> Result<()> 
             ..Default::default()
         })
         .await?;
+    // The nack is on its way once sent: wait until the queue has taken o1 back.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let info = queue_info(&mut a, "orders").await;
+        if (info.ready, info.unacked) == (4, 0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "o1 never went back: {info:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 
     // get with requeue keeps the order and marks redelivery; without, removes.
     let requeued = a
