@@ -199,10 +199,9 @@ impl QueueState {
     }
 
     /// Whether messages may wait in the store beyond the memory window. Not for a priority
-    /// queue (its order is not the log's), nor for a store that cannot page new messages (a
-    /// quorum queue's: it then reads everything stored back at once).
+    /// queue (its order is not the log's): it then reads everything stored back at once.
     fn paging_allowed(&self) -> bool {
-        self.levels.len() == 1 && self.store.as_ref().is_some_and(|s| s.pages_new_messages())
+        self.levels.len() == 1 && self.store.is_some()
     }
 
     fn memory_full(&self) -> bool {

@@ -36,12 +36,6 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
     fn keeps_transient(&self) -> bool {
         false
     }
-    /// Whether new messages may be left in the store only (paged) when the queue's memory
-    /// window is full. A store whose appends become readable only later (a quorum queue's,
-    /// readable once committed) keeps new messages in memory instead.
-    fn pages_new_messages(&self) -> bool {
-        true
-    }
     /// Whether the queue may hand messages to consumers now. A quorum queue's leader may not
     /// once it cannot be sure it still leads (its lease ran out): a new leader elsewhere may be
     /// delivering the same messages, and a deposed leader's deliveries would repeat them
