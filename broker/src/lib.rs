@@ -26,6 +26,7 @@ pub mod admin;
 pub mod amqp;
 pub mod auth;
 pub mod broker;
+pub mod classic;
 pub mod config;
 pub mod connection;
 pub mod definitions;

@@ -109,6 +109,7 @@ impl Broker {
         node.change_voters(META_GROUP, voters, BTreeMap::new(), CHANGE_WITHIN)
             .await
             .map_err(MembershipError::Unavailable)?;
+        self.forget_classic_queues_of(id).await;
         tracing::info!(node = id, "member removed from the cluster");
         Ok(())
     }

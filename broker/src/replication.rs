@@ -9,8 +9,8 @@
 //! and answers with the leader's result. When a node applies an entry, the same method runs
 //! inside [`APPLYING`], which makes it act locally instead of proposing again.
 //!
-//! Classic queues are node-local (their declarations and bindings stay in this node's
-//! definitions); the metadata group holds what every node must agree on.
+//! Classic queues are declared through the group too, with their home node (`classic`): each
+//! lives on its home node, and every other node forwards to it.
 //!
 //! Reads that miss (a passive declare of an exchange or a connection to a vhost that this node
 //! has not applied yet) first catch up with the leader ([`Broker::catch_up`]), so a change
@@ -107,6 +107,15 @@ pub enum MetaOp {
         vhost: String,
         name: String,
     },
+    /// A classic queue homed on `decl.home`.
+    DeclareClassicQueue(crate::classic::ClassicDecl),
+    /// Unconditional: `if-unused` and `if-empty` are checked by the proposing node. Only the
+    /// queue with this `uid` is deleted.
+    DeleteClassicQueue {
+        vhost: String,
+        name: String,
+        uid: u64,
+    },
     /// A quorum queue's replicas changed (a member is being removed).
     SetQuorumReplicas {
         vhost: String,
@@ -167,6 +176,8 @@ pub struct Replicated {
     pub detours: BTreeSet<(String, Detour)>,
     /// `(vhost, name)` → the quorum queue.
     pub quorum_queues: BTreeMap<(String, String), crate::quorum::QuorumDecl>,
+    /// `(vhost, name)` → the classic queue.
+    pub classic_queues: BTreeMap<(String, String), crate::classic::ClassicDecl>,
 }
 
 /// An exchange's declaration as replicated.
@@ -346,6 +357,11 @@ impl Broker {
                 .delete_quorum_here(&vhost, &name)
                 .await
                 .map(|_| MetaOk::Done),
+            MetaOp::DeclareClassicQueue(decl) => self.declare_classic_here(decl).await,
+            MetaOp::DeleteClassicQueue { vhost, name, uid } => {
+                self.delete_classic_here(&vhost, &name, uid).await;
+                Ok(MetaOk::Done)
+            }
             MetaOp::SetQuorumReplicas {
                 vhost,
                 name,
@@ -372,11 +388,19 @@ impl Broker {
             out.quorum_queues
                 .insert((q.decl.vhost.clone(), q.decl.name.clone()), q.decl.clone());
         }
+        for c in self.classic_queues() {
+            out.classic_queues
+                .insert((c.vhost.clone(), c.name.clone()), c);
+        }
+        let classic = &out.classic_queues;
         let replicated_destination = |vhost: &str, d: &Destination| match d {
             Destination::Exchange(_) => true,
-            Destination::Queue(q) => quorum
-                .iter()
-                .any(|x| x.decl.vhost == vhost && x.decl.name == *q),
+            Destination::Queue(q) => {
+                classic.contains_key(&(vhost.to_string(), q.clone()))
+                    || quorum
+                        .iter()
+                        .any(|x| x.decl.vhost == vhost && x.decl.name == *q)
+            }
         };
         for name in self.vhost_names() {
             let Some(vhost) = self.vhost(&name) else {
@@ -513,6 +537,7 @@ impl Broker {
                 log("exchange", r);
             }
         }
+        self.reconcile_classic(&target.classic_queues).await;
         let now = self.replicated_definitions().quorum_queues;
         for (key, q) in target.quorum_queues {
             if now.get(&key) != Some(&q) {

@@ -272,6 +272,7 @@ mod tests {
                     exclusive_owner: None,
                     arguments: Vec::new(),
                     stream: None,
+                    uid: 0,
                 };
                 let handle = QueueHandle::new(
                     QueueId(i as u64),

@@ -30,10 +30,33 @@ pub struct Cluster {
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// `n` loopback ports free right now (held together so they differ, then released).
+///
+/// They are taken below Linux's ephemeral range (32768 and up): a node keeps its ports across
+/// restarts, and while it is down an ephemeral port would be free for the kernel to hand to
+/// any outgoing connection as its source port, and the node could not listen again.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
-        .collect();
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        ^ (u64::from(std::process::id()) << 32)
+        | 1;
+    let mut next_port = move || {
+        // xorshift64: spread enough, and no dependency for it.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        10_000 + (seed % 22_000) as u16
+    };
+    let mut listeners: Vec<TcpListener> = Vec::with_capacity(n);
+    for _ in 0..10_000 {
+        if listeners.len() == n {
+            break;
+        }
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", next_port())) {
+            listeners.push(l);
+        }
+    }
+    assert_eq!(listeners.len(), n, "free loopback ports below 32000");
     listeners
         .iter()
         .map(|l| l.local_addr().expect("bound").port())

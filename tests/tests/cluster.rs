@@ -1669,3 +1669,362 @@ async fn a_leader_whose_log_fails_a_read_is_fenced_and_the_queue_goes_on_without
         .collect();
     assert_eq!(take_bodies(&ch, "rot", expected.len()).await, expected);
 }
+
+/// A passive declare through `node`: the queue's ready count, or the refusal's reply code.
+async fn passive_count(node: &Warren, name: &str) -> Result<u32, Option<u16>> {
+    let (_c, ch) = channel(node).await;
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .map(|q| q.message_count())
+    .map_err(|e| reply_code(&e))
+}
+
+/// Waits (bounded) until a passive declare through `node` answers `expected`.
+async fn await_passive(
+    cluster: &Cluster,
+    id: usize,
+    name: &str,
+    expected: Result<u32, Option<u16>>,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = passive_count(cluster.node(id), name).await;
+        if got == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue '{name}' through node {id}: {got:?}, expected {expected:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Declares a durable classic queue through `node`.
+async fn declare_classic(node: &Warren, name: &str) {
+    let (_c, ch) = channel(node).await;
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare a classic queue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn classic_queues_are_the_clusters_served_by_their_home_node_from_any_node() {
+    let mut cluster = Cluster::start(3);
+
+    // Declared on node 1 (its home), seen everywhere; an inequivalent redeclaration on another
+    // node is refused as on the home node.
+    declare_classic(cluster.node(1), "ledger").await;
+    for id in [2, 3] {
+        assert_eq!(
+            passive_count(cluster.node(id), "ledger").await,
+            Ok(0),
+            "node {id}"
+        );
+    }
+    {
+        let (_c, ch) = channel(cluster.node(3)).await;
+        let refused = ch
+            .queue_declare(
+                "ledger".into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect_err("inequivalent 'durable'");
+        assert_eq!(reply_code(&refused), Some(406));
+    }
+
+    // Bound on node 2 to an exchange declared on node 3, filled through node 3.
+    {
+        let (_c, ch) = channel(cluster.node(3)).await;
+        ch.exchange_declare(
+            "books".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("exchange");
+        let (_c2, ch2) = channel(cluster.node(2)).await;
+        ch2.queue_bind(
+            "ledger".into(),
+            "books".into(),
+            "entry".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind on node 2");
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        let mut confirms = Vec::new();
+        for i in 0..100u32 {
+            confirms.push(
+                ch.basic_publish(
+                    "books".into(),
+                    "entry".into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &i.to_be_bytes(),
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .expect("publish"),
+            );
+        }
+        for (i, c) in confirms.into_iter().enumerate() {
+            let confirm = c.await.expect("confirm");
+            assert!(confirm.is_ack(), "message {i} acked");
+            assert!(confirm.take_message().is_none(), "message {i} routed");
+        }
+    }
+    assert_eq!(passive_count(cluster.node(1), "ledger").await, Ok(100));
+    assert_eq!(passive_count(cluster.node(2), "ledger").await, Ok(100));
+
+    // Consumed on node 2: half taken and acked.
+    {
+        let (_c, ch) = channel(cluster.node(2)).await;
+        ch.basic_qos(10, BasicQosOptions::default())
+            .await
+            .expect("qos");
+        let mut consumer = ch
+            .basic_consume(
+                "ledger".into(),
+                "reader".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume through node 2");
+        for expected in 0..50u32 {
+            let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+                .await
+                .expect("a delivery in time")
+                .expect("a delivery")
+                .expect("no error");
+            assert_eq!(d.data, expected.to_be_bytes(), "in order");
+            d.ack(BasicAckOptions::default()).await.expect("ack");
+        }
+        ch.basic_cancel("reader".into(), BasicCancelOptions::default())
+            .await
+            .expect("cancel");
+        ch.close(200, "bye".into()).await.expect("close");
+    }
+    await_passive(&cluster, 3, "ledger", Ok(50)).await;
+
+    // Request and reply across nodes: an exclusive reply queue on node 1, answered through
+    // node 3; no other connection may use it; it goes with its connection.
+    {
+        let (c1, ch1) = channel(cluster.node(1)).await;
+        let reply_to = ch1
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("reply queue")
+            .name()
+            .to_string();
+        let mut replies = ch1
+            .basic_consume(
+                reply_to.as_str().into(),
+                "replies".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume replies");
+        let (_c3, ch3) = channel(cluster.node(3)).await;
+        ch3.basic_publish(
+            "".into(),
+            reply_to.as_str().into(),
+            BasicPublishOptions::default(),
+            b"the answer",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("reply through node 3");
+        let reply = tokio::time::timeout(Duration::from_secs(10), replies.next())
+            .await
+            .expect("the reply in time")
+            .expect("a reply")
+            .expect("no error");
+        assert_eq!(reply.data, b"the answer");
+        for (what, refused) in [
+            (
+                "declare",
+                ch3.queue_declare(
+                    reply_to.as_str().into(),
+                    QueueDeclareOptions {
+                        exclusive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map(drop),
+            ),
+            (
+                "consume",
+                channel(cluster.node(2))
+                    .await
+                    .1
+                    .basic_consume(
+                        reply_to.as_str().into(),
+                        "intruder".into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map(drop),
+            ),
+        ] {
+            let e = refused.expect_err("another connection's exclusive queue");
+            assert_eq!(reply_code(&e), Some(405), "{what}");
+        }
+        c1.close(200, "bye".into()).await.expect("close");
+        for id in [1, 2, 3] {
+            await_passive(&cluster, id, &reply_to, Err(Some(404))).await;
+        }
+    }
+
+    // A full restart: the queue, its messages and its binding are intact on every node.
+    cluster.restart_all();
+    for id in [1, 2, 3] {
+        await_passive(&cluster, id, "ledger", Ok(50)).await;
+    }
+    {
+        let (_c, ch) = channel(cluster.node(2)).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        let confirm = ch
+            .basic_publish(
+                "books".into(),
+                "entry".into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                b"after the restart",
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack() && confirm.take_message().is_none());
+    }
+    await_passive(&cluster, 1, "ledger", Ok(51)).await;
+
+    // Deleted through node 3: gone everywhere, and stays gone after its home restarts.
+    {
+        let (_c, ch) = channel(cluster.node(3)).await;
+        let deleted = ch
+            .queue_delete("ledger".into(), QueueDeleteOptions::default())
+            .await
+            .expect("delete through node 3");
+        assert_eq!(deleted, 51);
+    }
+    for id in [1, 2, 3] {
+        await_passive(&cluster, id, "ledger", Err(Some(404))).await;
+    }
+    cluster.node_mut(1).restart();
+    await_passive(&cluster, 1, "ledger", Err(Some(404))).await;
+
+    // Its home node down: a publish through another node is nacked rather than held, and a
+    // consume is refused with 404.
+    declare_classic(cluster.node(1), "stranded").await;
+    await_passive(&cluster, 2, "stranded", Ok(0)).await;
+    {
+        let (_c, ch) = channel(cluster.node(1)).await;
+        ch.queue_declare(
+            "fleeting".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("a transient classic queue");
+    }
+    await_passive(&cluster, 3, "fleeting", Ok(0)).await;
+    cluster.node_mut(1).kill();
+    {
+        let (_c, ch) = channel(cluster.node(2)).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        let confirm = tokio::time::timeout(
+            Duration::from_secs(20),
+            ch.basic_publish(
+                "".into(),
+                "stranded".into(),
+                BasicPublishOptions::default(),
+                b"nowhere to go",
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish"),
+        )
+        .await
+        .expect("answered, not held")
+        .expect("confirm");
+        assert!(confirm.is_nack(), "nacked while the home node is down");
+        let refused = ch
+            .basic_consume(
+                "stranded".into(),
+                "c".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect_err("consume while the home node is down");
+        assert_eq!(reply_code(&refused), Some(404));
+    }
+    // Deleted while its home is down: the home node deletes its copy when it returns. The
+    // transient queue died with its home node's process: gone everywhere once it restarts.
+    {
+        let (_c, ch) = channel(cluster.node(3)).await;
+        ch.queue_delete("stranded".into(), QueueDeleteOptions::default())
+            .await
+            .expect("delete while the home node is down");
+    }
+    await_passive(&cluster, 2, "stranded", Err(Some(404))).await;
+    assert_eq!(passive_count(cluster.node(2), "fleeting").await, Ok(0));
+    cluster.node_mut(1).start_again();
+    for id in [1, 2, 3] {
+        await_passive(&cluster, id, "stranded", Err(Some(404))).await;
+        await_passive(&cluster, id, "fleeting", Err(Some(404))).await;
+    }
+    // And the names are free again: declared on node 2 this time, homed there.
+    declare_classic(cluster.node(2), "stranded").await;
+    await_passive(&cluster, 1, "stranded", Ok(0)).await;
+}

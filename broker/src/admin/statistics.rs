@@ -144,19 +144,22 @@ pub fn list_queues(broker: &Broker, filter: &str) -> proto::QueueList {
     proto::QueueList { queues: out }
 }
 
-/// A queue's leader and replicas: this node for a classic queue; for a quorum queue, the
+/// A queue's leader and replicas: its home node for a classic queue; for a quorum queue, the
 /// members of its raft group as `node ID (ADDRESS)`, the leader empty while there is none.
 fn placement(broker: &Broker, q: &crate::queue::QueueHandle) -> (String, Vec<String>) {
     let me = broker.config.node_name.clone();
-    let (Some(node), Some(quorum)) = (
-        broker.cluster_node(),
-        broker.quorum_queue(&q.decl.vhost, q.name()),
-    ) else {
+    let Some(node) = broker.cluster_node() else {
         return (me.clone(), vec![me]);
     };
     let name = |id: u64| {
         let addr = node.address(id).unwrap_or_default();
         format!("node {id} ({addr})")
+    };
+    let Some(quorum) = broker.quorum_queue(&q.decl.vhost, q.name()) else {
+        let home = broker
+            .classic_queue(&q.decl.vhost, q.name())
+            .map_or_else(|| me.clone(), |c| name(c.home));
+        return (home.clone(), vec![home]);
     };
     let leader = node.leader(quorum.group()).map(name).unwrap_or_default();
     (

@@ -71,6 +71,9 @@ impl Broker {
                 text: format!("vhost '{name}' is deleted"),
             });
         }
+        for proxy in self.drop_classic_vhost(name) {
+            vhost.write().queues.remove(proxy.name());
+        }
         let queues: Vec<_> = vhost.read().queues.values().cloned().collect();
         for q in queues {
             if self.is_quorum(&vhost, &q) {

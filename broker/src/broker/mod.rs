@@ -101,6 +101,11 @@ pub struct Broker {
     cluster: std::sync::OnceLock<warren_cluster::node::Node>,
     /// This node's part of each quorum queue.
     quorum: Mutex<Vec<Arc<crate::quorum::QuorumQueue>>>,
+    /// On a clustered node at start, the vhosts holding this node's own queues, until the
+    /// metadata group adds them (or, having deleted them, never does).
+    preloaded: Mutex<HashMap<String, Arc<Vhost>>>,
+    /// The cluster's classic queues (empty on a single node).
+    pub(crate) classic: crate::classic::ClassicQueues,
 }
 
 mod access;
@@ -109,6 +114,7 @@ mod topology;
 
 pub use access::Added;
 pub use routes::{TapSpec, TapView};
+pub(crate) use topology::check_equivalent;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -133,7 +139,7 @@ impl Broker {
         let Some(cluster) = config.cluster.clone() else {
             return Broker::open(config);
         };
-        let (broker, loaded) = Broker::open_log(config)?;
+        let (broker, mut loaded) = Broker::open_log(config)?;
         let node = warren_cluster::node::Node::new(cluster, Arc::clone(&broker.wal))
             .map_err(|e| BrokerError::Config(crate::config::ConfigError(e)))?;
         crate::replication::serve_node(&broker, &node).await?;
@@ -147,6 +153,17 @@ impl Broker {
         if node.config().join {
             tracing::info!("joining a running cluster: waiting to be added as a member");
         }
+        // This node's own classic queues first, in vhosts set aside until the metadata group
+        // adds them: the bindings it replays find them. The rest of the definitions, the
+        // bindings included, come from the group.
+        {
+            let mut preloaded = lock(&broker.preloaded);
+            for v in &loaded.vhosts {
+                preloaded.insert(v.name.clone(), new_vhost(&v.name));
+            }
+        }
+        loaded.bindings.clear();
+        broker.recover_local(loaded)?;
         node.start_group(
             crate::replication::META_GROUP,
             &members,
@@ -156,7 +173,7 @@ impl Broker {
         .await
         .map_err(BrokerError::Cluster)?;
         node.follow_addresses(crate::replication::META_GROUP);
-        broker.recover_local(loaded)?;
+        broker.settle_classic_queues();
         tokio::spawn(crate::statistics::sample_forever(Arc::downgrade(&broker)));
         broker.ensure_cluster_access().await;
         Ok(broker)
@@ -232,6 +249,8 @@ impl Broker {
             totals: Default::default(),
             cluster: std::sync::OnceLock::new(),
             quorum: Mutex::new(Vec::new()),
+            classic: Default::default(),
+            preloaded: Mutex::new(HashMap::new()),
         });
         Ok((broker, loaded))
     }
@@ -299,17 +318,17 @@ impl Broker {
         self.recover_local(loaded)
     }
 
-    /// Recovers this node's own queues (with their messages) and their bindings. On a
-    /// clustered node the rest of the definitions come from the metadata group, and only the
-    /// bindings to this node's queues are its own.
+    /// Recovers this node's own queues (with their messages) and their bindings. (On a
+    /// clustered node, the vhosts are the preloaded ones, and the bindings come from the
+    /// metadata group.)
     fn recover_local(
         self: &Arc<Broker>,
         loaded: crate::definitions::Loaded,
     ) -> Result<(), BrokerError> {
-        let clustered = self.cluster.get().is_some();
         let mut recovered = 0u64;
         for decl in loaded.queues {
-            let Some(vhost) = self.vhost(&decl.vhost) else {
+            let preloaded = lock(&self.preloaded).get(&decl.vhost).cloned();
+            let Some(vhost) = self.vhost(&decl.vhost).or(preloaded) else {
                 continue;
             };
             let args = QueueArgs::parse(&decl.arguments()).unwrap_or_default();
@@ -321,9 +340,6 @@ impl Broker {
                 .insert(handle.name().to_string(), handle);
         }
         for (vhost_name, binding) in loaded.bindings {
-            if clustered && !matches!(binding.destination, crate::exchange::Destination::Queue(_)) {
-                continue;
-            }
             if let Some(vhost) = self.vhost(&vhost_name) {
                 if let Some(x) = vhost.write().exchanges.get_mut(&binding.source) {
                     let _ = x.bind(binding);
@@ -331,7 +347,7 @@ impl Broker {
             }
         }
         tracing::info!(
-            vhosts = self.vhosts.read().unwrap().len(),
+            vhosts = self.vhosts.read().unwrap().len() + lock(&self.preloaded).len(),
             messages = recovered,
             "definitions and messages recovered"
         );
@@ -380,24 +396,9 @@ impl Broker {
         if let Some(v) = vhosts.get(name) {
             return Arc::clone(v);
         }
-        let vhost = Arc::new(Vhost::new(name));
-        {
-            let mut state = vhost.write();
-            for (x, kind) in STANDARD_EXCHANGES {
-                let decl = ExchangeDecl {
-                    vhost: name.to_string(),
-                    name: x.to_string(),
-                    kind: kind.name().to_string(),
-                    durable: true,
-                    auto_delete: false,
-                    internal: false,
-                    arguments: FieldTable::new().encode().to_vec(),
-                };
-                state
-                    .exchanges
-                    .insert(x.to_string(), Exchange::new(decl, *kind));
-            }
-        }
+        let vhost = lock(&self.preloaded)
+            .remove(name)
+            .unwrap_or_else(|| new_vhost(name));
         vhosts.insert(name.to_string(), Arc::clone(&vhost));
         vhost
     }
@@ -541,6 +542,16 @@ impl Broker {
         })
     }
 
+    /// The preloaded vhosts the metadata group did not add (deleted while this node was away).
+    pub(crate) fn take_preloaded(&self) -> Vec<Arc<Vhost>> {
+        lock(&self.preloaded).drain().map(|(_, v)| v).collect()
+    }
+
+    /// The definitions mutex (it holds the next free log stream).
+    pub(crate) async fn ddl_lock(&self) -> tokio::sync::MutexGuard<'_, u64> {
+        self.ddl.lock().await
+    }
+
     /// Waits until every definition change so far is on disk.
     async fn sync_definitions(&self) -> Result<(), Refusal> {
         self.definitions.sync().await.map_err(Refusal::from)
@@ -552,7 +563,7 @@ impl Broker {
     }
 
     /// Deletes the exclusive queues a closing connection owned.
-    pub async fn connection_closed(&self, conn: ConnId, vhost_name: &str) {
+    pub async fn connection_closed(self: &Arc<Broker>, conn: ConnId, vhost_name: &str) {
         let Some(vhost) = self.vhost(vhost_name) else {
             return;
         };
@@ -576,12 +587,16 @@ impl Broker {
 
 fn check_exclusive(handle: &QueueHandle, conn: ConnId, vhost_name: &str) -> Result<(), Refusal> {
     match handle.decl.exclusive_owner {
-        Some(owner) if owner != conn => Err(Refusal::resource_locked(format!(
-            "cannot obtain exclusive access to locked queue '{}' in vhost '{vhost_name}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
-            handle.name()
-        ))),
+        Some(owner) if owner != conn => Err(locked(handle.name(), vhost_name)),
         _ => Ok(()),
     }
+}
+
+/// 405 RESOURCE_LOCKED for a connection other than an exclusive queue's owner.
+pub(crate) fn locked(name: &str, vhost_name: &str) -> Refusal {
+    Refusal::resource_locked(format!(
+        "cannot obtain exclusive access to locked queue '{name}' in vhost '{vhost_name}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
+    ))
 }
 
 /// A server-generated queue name, `amq.gen-` and 22 URL-safe characters as RabbitMQ makes them.
@@ -592,4 +607,27 @@ pub fn server_named() -> String {
         .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
         .collect();
     format!("amq.gen-{suffix}")
+}
+
+/// A vhost with the exchanges every vhost has.
+fn new_vhost(name: &str) -> Arc<Vhost> {
+    let vhost = Arc::new(Vhost::new(name));
+    {
+        let mut state = vhost.write();
+        for (x, kind) in STANDARD_EXCHANGES {
+            let decl = ExchangeDecl {
+                vhost: name.to_string(),
+                name: x.to_string(),
+                kind: kind.name().to_string(),
+                durable: true,
+                auto_delete: false,
+                internal: false,
+                arguments: FieldTable::new().encode().to_vec(),
+            };
+            state
+                .exchanges
+                .insert(x.to_string(), Exchange::new(decl, *kind));
+        }
+    }
+    vhost
 }

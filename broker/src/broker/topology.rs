@@ -235,10 +235,23 @@ impl Broker {
             if vhost.queue(&d.name).is_none() {
                 if d.passive {
                     self.catch_up().await;
-                } else if QueueArgs::parse(&d.arguments)
-                    .is_ok_and(|a| a.queue_type == QueueType::Quorum)
-                {
-                    self.propose_quorum_queue(node, &vhost, &d).await?;
+                } else {
+                    // A new queue, quorum or classic, is declared through the metadata group,
+                    // so every node knows it (a classic one is homed on this node).
+                    let args = validate_new_queue(&d, vhost_name)?;
+                    if args.queue_type == QueueType::Quorum {
+                        self.propose_quorum_queue(node, &vhost, &d).await?;
+                    } else {
+                        self.propose_classic_queue(node, conn, vhost_name, &d)
+                            .await?;
+                    }
+                    if vhost.queue(&d.name).is_none() {
+                        return Err(Refusal::internal(format!(
+                            "queue '{}' in vhost '{vhost_name}' was declared but is not \
+                             available on this node",
+                            d.name
+                        )));
+                    }
                 }
             }
         }
@@ -246,32 +259,7 @@ impl Broker {
         if let Some(existing) = vhost.queue(&d.name) {
             check_exclusive(&existing, conn, vhost_name)?;
             if !d.passive {
-                let e = &existing.decl;
-                let inequivalent = |what: &str, received: bool, current: bool| {
-                    Refusal::precondition(format!(
-                        "inequivalent arg '{what}' for queue '{}' in vhost '{vhost_name}': received '{received}' but current is '{current}'",
-                        d.name
-                    ))
-                };
-                if e.durable != d.durable {
-                    return Err(inequivalent("durable", d.durable, e.durable));
-                }
-                if e.auto_delete != d.auto_delete {
-                    return Err(inequivalent("auto_delete", d.auto_delete, e.auto_delete));
-                }
-                if e.exclusive_owner.is_some() != d.exclusive {
-                    return Err(inequivalent(
-                        "exclusive",
-                        d.exclusive,
-                        e.exclusive_owner.is_some(),
-                    ));
-                }
-                args::equivalent(&e.arguments(), &d.arguments).map_err(|text| {
-                    Refusal::precondition(format!(
-                        "{text} (queue '{}' in vhost '{vhost_name}')",
-                        d.name
-                    ))
-                })?;
+                check_equivalent(&existing.decl, &d, vhost_name)?;
             }
             let (ready, consumers) = existing
                 .ask(|reply| QueueCommand::Touch {
@@ -288,24 +276,8 @@ impl Broker {
                 d.name
             )));
         }
-        if d.name.starts_with("amq.") && !d.name.starts_with("amq.gen-") {
-            return Err(Refusal::access_refused(format!(
-                "queue name '{}' contains reserved prefix 'amq.*'",
-                d.name
-            )));
-        }
-        let args = QueueArgs::parse(&d.arguments).map_err(|text| {
-            Refusal::precondition(format!(
-                "{text} for queue '{}' in vhost '{vhost_name}'",
-                d.name
-            ))
-        })?;
-        if args.queue_type == QueueType::Quorum {
-            check_quorum_properties(&d, vhost_name)?;
-        }
-        // Exclusive queues die with their connection: RabbitMQ never keeps them on disk.
-        let persisted = d.durable && !d.exclusive;
-        let mut decl = QueueDecl {
+        let args = validate_new_queue(&d, vhost_name)?;
+        let decl = QueueDecl {
             vhost: vhost_name.to_string(),
             name: d.name.clone(),
             durable: d.durable,
@@ -313,7 +285,24 @@ impl Broker {
             exclusive_owner: d.exclusive.then_some(conn),
             arguments: d.arguments.encode().to_vec(),
             stream: None,
+            uid: 0,
         };
+        self.create_queue(&vhost, &mut ddl, decl, args).await?;
+        Ok((d.name, 0, 0))
+    }
+
+    /// Creates a queue on this node: persists a durable (non-exclusive) one's declaration with
+    /// a new log stream, starts its actor and registers it. `ddl` is the held definitions
+    /// mutex (the next free stream).
+    pub(crate) async fn create_queue(
+        self: &Arc<Broker>,
+        vhost: &Arc<Vhost>,
+        ddl: &mut u64,
+        mut decl: QueueDecl,
+        args: QueueArgs,
+    ) -> Result<(), Refusal> {
+        // Exclusive queues die with their connection: RabbitMQ never keeps them on disk.
+        let persisted = decl.durable && decl.exclusive_owner.is_none();
         if persisted {
             let stream = *ddl;
             self.definitions.allocate_stream(stream)?;
@@ -321,16 +310,17 @@ impl Broker {
             decl.stream = Some(stream);
             self.definitions.put_queue(&decl)?;
         }
-        let handle = self.start_queue(&vhost, decl, args);
-        vhost.write().queues.insert(d.name.clone(), handle);
+        let name = decl.name.clone();
+        let handle = self.start_queue(vhost, decl, args);
+        vhost.write().queues.insert(name, handle);
         if persisted {
             self.sync_definitions().await?;
         }
-        Ok((d.name, 0, 0))
+        Ok(())
     }
 
     pub async fn queue_delete(
-        &self,
+        self: &Arc<Broker>,
         vhost_name: &str,
         conn: ConnId,
         name: &str,
@@ -342,6 +332,11 @@ impl Broker {
             return Ok(0);
         };
         check_exclusive(&handle, conn, vhost_name)?;
+        if let (Some(node), Some(decl)) = (self.proposer(), self.classic_queue(vhost_name, name)) {
+            return self
+                .delete_classic_queue(node, &vhost, &handle, decl, if_unused, if_empty)
+                .await;
+        }
         if self.is_quorum(&vhost, &handle) {
             return self
                 .delete_quorum_queue(&vhost, &handle, if_unused, if_empty)
@@ -402,14 +397,10 @@ impl Broker {
     ) -> Result<(), Refusal> {
         let vhost = self.vhost_or_refuse(vhost_name)?;
         if let Some(node) = self.proposer() {
-            if self.replicated_destination(&vhost, &binding.destination) {
-                return self
-                    .replicate_binding(node, vhost_name, binding, true)
-                    .await;
-            }
-            if !vhost.read().exchanges.contains_key(&binding.source) {
-                self.catch_up().await;
-            }
+            self.check_destination_access(&vhost, conn, &binding.destination)?;
+            return self
+                .replicate_binding(node, vhost_name, binding, true)
+                .await;
         }
         let _ddl = self.ddl.lock().await;
         let durable;
@@ -420,7 +411,9 @@ impl Broker {
                     let handle = state.queues.get(q).ok_or_else(|| {
                         Refusal::not_found(format!("no queue '{q}' in vhost '{vhost_name}'"))
                     })?;
-                    check_exclusive(handle, conn, vhost_name)?;
+                    if !crate::replication::applying() {
+                        check_exclusive(handle, conn, vhost_name)?;
+                    }
                     handle.decl.stream.is_some()
                 }
                 Destination::Exchange(x) => {
@@ -465,18 +458,19 @@ impl Broker {
     ) -> Result<(), Refusal> {
         let vhost = self.vhost_or_refuse(vhost_name)?;
         if let Some(node) = self.proposer() {
-            if self.replicated_destination(&vhost, &binding.destination) {
-                return self
-                    .replicate_binding(node, vhost_name, binding, false)
-                    .await;
-            }
+            self.check_destination_access(&vhost, conn, &binding.destination)?;
+            return self
+                .replicate_binding(node, vhost_name, binding, false)
+                .await;
         }
         let _ddl = self.ddl.lock().await;
         {
             let mut state = vhost.write();
             if let Destination::Queue(q) = &binding.destination {
                 if let Some(handle) = state.queues.get(q) {
-                    check_exclusive(handle, conn, vhost_name)?;
+                    if !crate::replication::applying() {
+                        check_exclusive(handle, conn, vhost_name)?;
+                    }
                 }
             }
             if binding.source.is_empty() {
@@ -505,6 +499,65 @@ impl Broker {
     }
 }
 
+/// What a new queue's declaration must satisfy: no reserved name, arguments RabbitMQ accepts,
+/// and a quorum queue's properties. Returns the parsed arguments.
+fn validate_new_queue(d: &QueueDeclare, vhost_name: &str) -> Result<QueueArgs, Refusal> {
+    if d.name.starts_with("amq.") && !d.name.starts_with("amq.gen-") {
+        return Err(Refusal::access_refused(format!(
+            "queue name '{}' contains reserved prefix 'amq.*'",
+            d.name
+        )));
+    }
+    let args = QueueArgs::parse(&d.arguments).map_err(|text| {
+        Refusal::precondition(format!(
+            "{text} for queue '{}' in vhost '{vhost_name}'",
+            d.name
+        ))
+    })?;
+    if args.queue_type == QueueType::Quorum {
+        check_quorum_properties(d, vhost_name)?;
+    }
+    Ok(args)
+}
+
+/// Refuses (406) a declaration of an existing queue that differs in its properties or the
+/// arguments RabbitMQ compares.
+pub(crate) fn check_equivalent(
+    current: &QueueDecl,
+    d: &QueueDeclare,
+    vhost_name: &str,
+) -> Result<(), Refusal> {
+    let inequivalent = |what: &str, received: bool, current: bool| {
+        Refusal::precondition(format!(
+            "inequivalent arg '{what}' for queue '{}' in vhost '{vhost_name}': received '{received}' but current is '{current}'",
+            d.name
+        ))
+    };
+    if current.durable != d.durable {
+        return Err(inequivalent("durable", d.durable, current.durable));
+    }
+    if current.auto_delete != d.auto_delete {
+        return Err(inequivalent(
+            "auto_delete",
+            d.auto_delete,
+            current.auto_delete,
+        ));
+    }
+    if current.exclusive_owner.is_some() != d.exclusive {
+        return Err(inequivalent(
+            "exclusive",
+            d.exclusive,
+            current.exclusive_owner.is_some(),
+        ));
+    }
+    args::equivalent(&current.arguments(), &d.arguments).map_err(|text| {
+        Refusal::precondition(format!(
+            "{text} (queue '{}' in vhost '{vhost_name}')",
+            d.name
+        ))
+    })
+}
+
 /// What `x-queue-type: quorum` refuses (as RabbitMQ: 406 with the property named).
 fn check_quorum_properties(d: &QueueDeclare, vhost_name: &str) -> Result<(), Refusal> {
     let bad = if !d.durable {
@@ -526,12 +579,20 @@ fn check_quorum_properties(d: &QueueDeclare, vhost_name: &str) -> Result<(), Ref
 }
 
 impl Broker {
-    /// Whether a binding to `destination` is replicated (an exchange, or a quorum queue) rather
-    /// than this node's own (a classic queue).
-    fn replicated_destination(&self, vhost: &Vhost, destination: &Destination) -> bool {
+    /// On a clustered node, before proposing a binding: an exclusive queue is bound only by
+    /// its owner (each node's applying it cannot tell connections apart).
+    fn check_destination_access(
+        &self,
+        vhost: &Vhost,
+        conn: ConnId,
+        destination: &Destination,
+    ) -> Result<(), Refusal> {
         match destination {
-            Destination::Exchange(_) => true,
-            Destination::Queue(q) => self.quorum_queue(&vhost.name, q).is_some(),
+            Destination::Queue(q) => match vhost.queue(q) {
+                Some(handle) => check_exclusive(&handle, conn, &vhost.name),
+                None => Ok(()),
+            },
+            Destination::Exchange(_) => Ok(()),
         }
     }
 
@@ -559,7 +620,6 @@ impl Broker {
         vhost: &Vhost,
         d: &QueueDeclare,
     ) -> Result<(), Refusal> {
-        check_quorum_properties(d, &vhost.name)?;
         if d.name.starts_with("amq.") {
             return Err(Refusal::access_refused(format!(
                 "queue name '{}' contains reserved prefix 'amq.*'",

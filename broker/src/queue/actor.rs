@@ -431,6 +431,7 @@ impl Actor {
     fn delete(&mut self) -> Result<u64, crate::error::BrokerError> {
         let count = self.state.delete(&mut self.effects)?;
         self.broker.forget_queue(&self.vhost, &self.handle)?;
+        self.broker.classic_queue_stopped(&self.handle);
         self.run_effects();
         tracing::debug!(messages = count, "queue deleted");
         Ok(count)

@@ -45,6 +45,10 @@ pub struct QueueDecl {
     pub arguments: Vec<u8>,
     /// The log stream holding the queue's messages (durable queues).
     pub stream: Option<u64>,
+    /// On a cluster, the id the metadata group gave this classic queue's declaration (0 for a
+    /// quorum queue, or a queue declared while the node was not clustered): tells the queue
+    /// apart from an earlier one of the same name.
+    pub uid: u64,
 }
 
 impl QueueDecl {

@@ -193,6 +193,7 @@ impl Broker {
             exclusive_owner: None,
             arguments: decl.arguments.clone(),
             stream: None,
+            uid: 0,
         };
         let (tx, rx) = mpsc::channel(self.config.limits.queue_inbox_max);
         let handle = Arc::new(QueueHandle::new(
@@ -220,6 +221,7 @@ impl Broker {
             stop: stop_rx,
             replicas: replicas_rx,
             fence: fence.clone(),
+            kind: router::Kind::Quorum,
         };
         let span = tracing::info_span!("quorum", vhost = %decl.vhost, queue = %decl.name);
         tokio::spawn(tracing::Instrument::instrument(router.run(), span));

@@ -16,6 +16,11 @@
 //! When the leader changes, consumers attached through this node are cancelled with
 //! `basic.cancel` (clients re-consume, as with RabbitMQ's `x-cancel-on-ha-failover`), and
 //! publishes not yet confirmed are nacked.
+//!
+//! The same router serves other nodes' view of a classic queue ([`Kind::Classic`]): always led
+//! elsewhere, by the queue's home node. While the home node cannot be reached, publishes to the
+//! queue are nacked (not held: a classic queue has no other replica to wait for) and consumes
+//! are refused with 404, as RabbitMQ answers for a queue whose home node is down.
 
 use super::state::SharedData;
 use super::store::RaftStore;
@@ -34,6 +39,15 @@ use warren_proto::queues::{
     channel_down, channel_up, CallRequest, Cancel, ChannelDown, ChannelUp, Credit, ForwardPublish,
     Get, Kick, QueueRef, Recover, Settle, Subscribe,
 };
+
+/// What a router serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A quorum queue: served by its raft group's leader.
+    Quorum,
+    /// A classic queue homed on another node: served there.
+    Classic { home: NodeId },
+}
 
 /// Where commands go.
 enum Target {
@@ -99,6 +113,7 @@ pub struct Router {
     pub replicas: watch::Receiver<Vec<NodeId>>,
     /// Set when this node's replica fails.
     pub fence: super::Fence,
+    pub kind: Kind,
 }
 
 /// Where the router learns which node serves the queue.
@@ -473,6 +488,14 @@ impl Running {
                 if publisher.as_ref().is_none_or(|p| p.is_broken()) {
                     match Publisher::open(client(), queue, self.trouble.clone()).await {
                         Ok(p) => *publisher = Some(p),
+                        Err(status) if matches!(self.r.kind, Kind::Classic { .. }) => {
+                            tracing::info!(%status, home = leader, "the queue's home node is unreachable: publish nacked");
+                            let _ = self.trouble.send(());
+                            return refuse(
+                                QueueCommand::Publish { message, confirm },
+                                "the queue's home node is unreachable",
+                            );
+                        }
                         Err(status) => {
                             // Held, not nacked: sent once the leader (or a new one) answers.
                             tracing::debug!(%status, leader, "the queue's leader is unreachable");
@@ -557,7 +580,7 @@ impl Running {
             }
             other => refuse(
                 other,
-                &format!("this operation is served by node {leader}, which leads the quorum queue"),
+                &format!("this operation is served by node {leader}, which serves the queue"),
             ),
         }
     }
@@ -582,12 +605,22 @@ impl Running {
                 leader,
                 "channel stream to the quorum queue's leader"
             );
+            let unreachable = match self.r.kind {
+                Kind::Quorum => Refusal::precondition(
+                    "the quorum queue's leader changed or is unreachable; consume again",
+                ),
+                Kind::Classic { home } => Refusal::not_found(format!(
+                    "home node {home} of queue '{}' in vhost '{}' is down or inaccessible",
+                    queue.queue, queue.vhost
+                )),
+            };
             RemoteChannel::open(
                 client,
                 queue,
                 owner,
                 Arc::clone(&self.r.handle),
                 self.trouble.clone(),
+                unreachable,
             )
         })
     }
@@ -708,6 +741,8 @@ struct ChannelShared {
     consumers: HashMap<String, EventSender>,
     gets: VecDeque<oneshot::Sender<Option<Delivery>>>,
     closed: bool,
+    /// What a consume waiting for its answer gets if the stream ends.
+    unreachable: Option<Refusal>,
 }
 
 /// One client channel's use of a queue led elsewhere.
@@ -724,12 +759,16 @@ impl RemoteChannel {
         owner: ChannelRef,
         handle: Arc<QueueHandle>,
         trouble: mpsc::UnboundedSender<()>,
+        unreachable: Refusal,
     ) -> RemoteChannel {
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(ChannelUp {
             op: Some(channel_up::Op::Open(queue)),
         });
-        let shared: Arc<Mutex<ChannelShared>> = Arc::default();
+        let shared = Arc::new(Mutex::new(ChannelShared {
+            unreachable: Some(unreachable),
+            ..Default::default()
+        }));
         let s = Arc::clone(&shared);
         tokio::spawn(async move {
             let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
@@ -811,10 +850,12 @@ impl RemoteChannel {
 fn close_shared(shared: &Mutex<ChannelShared>, owner: ChannelRef, notify: bool) {
     let mut s = guard(shared);
     s.closed = true;
+    let refusal = s
+        .unreachable
+        .clone()
+        .unwrap_or_else(|| Refusal::precondition("the queue's server is unreachable"));
     for (_, (reply, _)) in s.subscribing.drain() {
-        let _ = reply.send(Err(Refusal::precondition(
-            "the quorum queue's leader changed or is unreachable; consume again",
-        )));
+        let _ = reply.send(Err(refusal.clone()));
     }
     for reply in s.gets.drain(..) {
         let _ = reply.send(None);
