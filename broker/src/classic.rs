@@ -303,13 +303,7 @@ impl Broker {
             return;
         }
         tracing::warn!(vhost = %vhost.name, queue = %handle.name(), "deleting a classic queue the cluster deleted while this node was away");
-        let _ = handle
-            .ask(|reply| QueueCommand::Delete {
-                if_unused: false,
-                if_empty: false,
-                reply,
-            })
-            .await;
+        handle.delete_now().await;
     }
 
     /// Registers the stand-in of a queue homed on another node, served by a router.
@@ -394,13 +388,7 @@ impl Broker {
             self.forget_proxy(&vhost, &handle);
         } else if let Some(handle) = vhost.queue(name) {
             if self.is_home_queue(&vhost, &handle, uid) {
-                let _ = handle
-                    .ask(|reply| QueueCommand::Delete {
-                        if_unused: false,
-                        if_empty: false,
-                        reply,
-                    })
-                    .await;
+                handle.delete_now().await;
             }
         }
         tracing::debug!(vhost = %vhost_name, queue = %name, "classic queue deleted");
@@ -460,13 +448,7 @@ impl Broker {
             }
             return Ok(count);
         }
-        let (ready, consumers) = handle
-            .ask(|reply| QueueCommand::Touch {
-                renew: false,
-                reply,
-            })
-            .await
-            .unwrap_or((0, 0));
+        let (ready, consumers) = handle.counts().await;
         if if_unused && consumers > 0 {
             return Err(Refusal::precondition(format!(
                 "queue '{}' in vhost '{}' in use",

@@ -383,7 +383,17 @@ impl RaftRpc for RaftService {
             index: 0,
             leader: leader.unwrap_or(0),
         };
-        match raft.client_write(Command(request.command.into())).await {
+        let written = crate::node::write_while_leading(
+            &raft,
+            Command(request.command.into()),
+            crate::node::FORWARD_TIMEOUT,
+        )
+        .await;
+        let Some(written) = written else {
+            let leader = raft.metrics().borrow().current_leader;
+            return Ok(Response::new(not_applied(leader)));
+        };
+        match written {
             Ok(response) => Ok(Response::new(ProposeReply {
                 applied: true,
                 reply: response.data.0,

@@ -27,6 +27,49 @@ use warren_proto::raft::raft_client::RaftClient;
 use warren_proto::raft::{MembershipRequest, ProposeRequest};
 use warren_storage::Wal;
 
+/// How long a proposal forwarded to the leader may take there.
+pub(crate) const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) const UNANSWERED: &str = "the leader gave up waiting for the entry";
+
+/// `raft.client_write`, given up (`None`) after `wait`, or as soon as this node, leading the
+/// group when the write began, no longer leads it. openraft 0.9 answers a write when its entry
+/// is applied here or truncated from the log, but never when a snapshot from a newer leader
+/// replaces it (a deposed leader far behind catches up so): its responder waits forever in the
+/// core (fixed upstream after 0.9: openraft#1762). The entry may still be committed by the new leader; proposals are retried, and state
+/// machines make a repeat harmless where it would matter.
+pub(crate) async fn write_while_leading(
+    raft: &Raft<TypeConfig>,
+    command: Command,
+    wait: Duration,
+) -> Option<
+    Result<
+        openraft::raft::ClientWriteResponse<TypeConfig>,
+        RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+    >,
+> {
+    let (me, leading) = {
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        (m.id, m.current_leader == Some(m.id))
+    };
+    let give_up = async {
+        if leading {
+            let _ = raft
+                .wait(Some(wait))
+                .metrics(|m| m.current_leader != Some(me), "leadership ended")
+                .await;
+        } else {
+            tokio::time::sleep(wait).await;
+        }
+    };
+    tokio::select! {
+        biased;
+        written = raft.client_write(command) => Some(written),
+        () = give_up => None,
+    }
+}
+
 /// The cluster section of a node's configuration.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -271,7 +314,11 @@ impl Node {
             let leader = hint.or_else(|| raft.metrics().borrow().current_leader);
             let last = match leader {
                 Some(leader) if leader == self.id() => {
-                    match self.propose_here(&raft, group, command.clone()).await? {
+                    let wait = deadline.saturating_sub(started.elapsed());
+                    match self
+                        .propose_here(&raft, group, command.clone(), wait)
+                        .await?
+                    {
                         Attempt::Done(done) => return Ok(done),
                         Attempt::Retry(next, why) => {
                             hint = next.filter(|n| *n != self.id());
@@ -310,8 +357,12 @@ impl Node {
         raft: &Raft<TypeConfig>,
         group: GroupId,
         command: Vec<u8>,
+        wait: Duration,
     ) -> Result<Attempt, ProposeError> {
-        match raft.client_write(Command(command.into())).await {
+        let Some(written) = write_while_leading(raft, Command(command.into()), wait).await else {
+            return Ok(Attempt::Retry(None, UNANSWERED.into()));
+        };
+        match written {
             Ok(response) => Ok(Attempt::Done(Proposed {
                 reply: response.data.0,
                 index: response.log_id.index,
@@ -337,7 +388,7 @@ impl Node {
             group: group.0,
             command,
         });
-        request.set_timeout(Duration::from_secs(10));
+        request.set_timeout(FORWARD_TIMEOUT);
         match RaftClient::new(channel)
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024)

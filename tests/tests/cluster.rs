@@ -2018,7 +2018,12 @@ async fn classic_queues_are_the_clusters_served_by_their_home_node_from_any_node
             .expect("delete while the home node is down");
     }
     await_passive(&cluster, 2, "stranded", Err(Some(404))).await;
-    assert_eq!(passive_count(cluster.node(2), "fleeting").await, Ok(0));
+    // As RabbitMQ: a passive declare of a queue whose home node is down is refused with 404
+    // ("home node ... is down or inaccessible"); the queue is not deleted by it.
+    assert_eq!(
+        passive_count(cluster.node(2), "fleeting").await,
+        Err(Some(404))
+    );
     cluster.node_mut(1).start_again();
     for id in [1, 2, 3] {
         await_passive(&cluster, id, "stranded", Err(Some(404))).await;
@@ -2027,4 +2032,76 @@ async fn classic_queues_are_the_clusters_served_by_their_home_node_from_any_node
     // And the names are free again: declared on node 2 this time, homed there.
     declare_classic(cluster.node(2), "stranded").await;
     await_passive(&cluster, 1, "stranded", Ok(0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_home_node_back_from_far_behind_drops_the_classic_queues_deleted_meanwhile() {
+    // Small snapshots: the metadata log the home node missed is purged, and it catches up from
+    // a snapshot rather than from the deletion's entry.
+    let mut cluster = Cluster::start_with_raft_settings(3, "snapshot_entries = 64\n");
+    declare_classic(cluster.node(1), "gone").await;
+    {
+        let (_c, ch) = channel(cluster.node(1)).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                "gone".into(),
+                BasicPublishOptions::default(),
+                b"kept on node 1's disk",
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack());
+    }
+    await_passive(&cluster, 2, "gone", Ok(1)).await;
+    cluster.node_mut(1).kill();
+    {
+        let (_c, ch) = channel(cluster.node(2)).await;
+        ch.queue_delete("gone".into(), QueueDeleteOptions::default())
+            .await
+            .expect("delete while the home node is down");
+        for i in 0..150 {
+            let name = format!("churn-{i}");
+            ch.exchange_declare(
+                name.as_str().into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare");
+            ch.exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
+                .await
+                .expect("delete");
+        }
+    }
+    // A new queue of the name, homed on node 3.
+    declare_classic(cluster.node(3), "gone").await;
+    cluster.node_mut(1).start_again();
+    await_passive(&cluster, 1, "gone", Ok(0)).await;
+    {
+        let (_c, ch) = channel(cluster.node(1)).await;
+        let got = ch
+            .basic_get("gone".into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("get through node 1");
+        assert!(
+            got.is_none(),
+            "node 1 serves node 3's empty queue, not its own old copy"
+        );
+    }
+    assert!(
+        cluster
+            .node(1)
+            .log()
+            .contains("installing a snapshot from the leader"),
+        "node 1 caught up from a snapshot:\n{}",
+        cluster.node(1).log()
+    );
 }

@@ -80,13 +80,7 @@ impl Broker {
                 self.delete_quorum_here(name, q.name()).await?;
                 continue;
             }
-            let _ = q
-                .ask(|reply| crate::queue::QueueCommand::Delete {
-                    if_unused: false,
-                    if_empty: false,
-                    reply,
-                })
-                .await;
+            q.delete_now().await;
         }
         let _ddl = self.ddl.lock().await;
         {

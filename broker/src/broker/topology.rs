@@ -267,7 +267,7 @@ impl Broker {
                     reply,
                 })
                 .await
-                .unwrap_or((existing.ready(), existing.consumers()));
+                .unwrap_or_else(|_| Ok((existing.ready(), existing.consumers())))?;
             return Ok((d.name, ready, consumers));
         }
         if d.passive {
@@ -650,13 +650,7 @@ impl Broker {
         if_empty: bool,
     ) -> Result<u64, Refusal> {
         let name = handle.name();
-        let (ready, consumers) = handle
-            .ask(|reply| QueueCommand::Touch {
-                renew: false,
-                reply,
-            })
-            .await
-            .unwrap_or((handle.ready(), handle.consumers()));
+        let (ready, consumers) = handle.counts().await;
         if if_unused && consumers > 0 {
             return Err(Refusal::precondition(format!(
                 "queue '{name}' in vhost '{}' in use",

@@ -325,7 +325,7 @@ impl Actor {
                 if renew {
                     self.last_used_ms = now;
                 }
-                let _ = reply.send((self.state.ready(), self.state.consumer_count()));
+                let _ = reply.send(Ok((self.state.ready(), self.state.consumer_count())));
             }
             QueueCommand::Pause { paused, reply } => {
                 self.state.set_paused(paused);

@@ -147,6 +147,30 @@ impl QueueHandle {
     pub fn consumers(&self) -> u64 {
         QueueCounters::get(&self.counters.consumers)
     }
+
+    /// Deletes the queue whatever it holds; returns once its server stopped it (or was gone).
+    pub async fn delete_now(&self) {
+        let _ = self
+            .ask(|reply| QueueCommand::Delete {
+                if_unused: false,
+                if_empty: false,
+                reply,
+            })
+            .await;
+    }
+
+    /// Ready messages and consumers as the queue's server counts them, without renewing its
+    /// `x-expires` lease; this handle's own counters when the server cannot answer.
+    pub async fn counts(&self) -> (u64, u64) {
+        self.ask(|reply| QueueCommand::Touch {
+            renew: false,
+            reply,
+        })
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| (self.ready(), self.consumers()))
+    }
 }
 
 /// A consumer as `basic.consume` registered it.
@@ -230,7 +254,8 @@ pub enum QueueCommand {
     Touch {
         /// A re-declaration renews the `x-expires` lease; a passive one does not.
         renew: bool,
-        reply: oneshot::Sender<(u64, u64)>,
+        /// Ready messages and consumers; refused when the queue's server cannot be reached.
+        reply: oneshot::Sender<Result<(u64, u64), Refusal>>,
     },
     /// Admin: pause or resume deliveries to every consumer.
     Pause {

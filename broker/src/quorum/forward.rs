@@ -279,7 +279,8 @@ impl Queues for QueuesService {
                     reply,
                 })
                 .await
-                .map_err(|_| gone())?,
+                .map_err(|_| gone())?
+                .map_err(|r| Status::unavailable(r.text))?,
             3 => (
                 handle
                     .ask(|reply| QueueCommand::Purge { reply })

@@ -571,7 +571,13 @@ impl Running {
             }
             QueueCommand::Touch { renew, reply } => {
                 let op = if renew { 1 } else { 2 };
-                let counts = call(client(), queue, op).await.unwrap_or((0, 0));
+                let counts = match (call(client(), queue.clone(), op).await, self.r.kind) {
+                    (Some(counts), _) => Ok(counts),
+                    // RabbitMQ's answer for a queue whose home node is down.
+                    (None, Kind::Classic { home }) => Err(home_down(home, &queue)),
+                    // A replica answers for the quorum queue while its leader changes.
+                    (None, Kind::Quorum) => Ok((self.r.handle.ready(), self.r.handle.consumers())),
+                };
                 let _ = reply.send(counts);
             }
             QueueCommand::Purge { reply } => {
@@ -609,10 +615,7 @@ impl Running {
                 Kind::Quorum => Refusal::precondition(
                     "the quorum queue's leader changed or is unreachable; consume again",
                 ),
-                Kind::Classic { home } => Refusal::not_found(format!(
-                    "home node {home} of queue '{}' in vhost '{}' is down or inaccessible",
-                    queue.queue, queue.vhost
-                )),
+                Kind::Classic { home } => home_down(home, &queue),
             };
             RemoteChannel::open(
                 client,
@@ -624,6 +627,14 @@ impl Running {
             )
         })
     }
+}
+
+/// RabbitMQ's refusal for a classic queue whose home node cannot be reached.
+fn home_down(home: NodeId, queue: &QueueRef) -> Refusal {
+    Refusal::not_found(format!(
+        "home node {home} of queue '{}' in vhost '{}' is down or inaccessible",
+        queue.queue, queue.vhost
+    ))
 }
 
 async fn call(
