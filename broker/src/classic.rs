@@ -20,6 +20,12 @@
 //! of an earlier run of this node (which the restart lost) is deleted cluster-wide when its
 //! declaration is replayed; a queue of this node that the cluster deleted while the node was
 //! away is deleted here once the node has caught up ([`Broker::settle_classic_queues`]).
+//!
+//! A node down (its process gone or cut off): its durable queues wait for it (their clients
+//! get 404 "home node ... is down or inaccessible"), while the metadata group's leader deletes
+//! its transient and exclusive queues cluster-wide once it has not heard from the node for
+//! `cluster.node_down_after_ms` ([`Broker::watch_for_down_nodes`]), as RabbitMQ does at a
+//! node-down. A node cut off but alive deletes its own copies when it hears of the deletions.
 
 use crate::amqp::FieldTable;
 use crate::broker::{Broker, QueueDeclare};
@@ -605,6 +611,74 @@ impl Broker {
             b.classic.settled.store(true, Ordering::Release);
             drop(serial);
         });
+    }
+
+    /// On the metadata group's leader, every second: a member unheard for
+    /// `cluster.node_down_after_ms` (counted from this node's election at the earliest) is
+    /// down, and its transient and exclusive classic queues are deleted cluster-wide.
+    pub(crate) fn watch_for_down_nodes(self: &Arc<Broker>) {
+        let broker = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut leading_since = None;
+            let mut down = std::collections::BTreeSet::new();
+            loop {
+                tick.tick().await;
+                let Some(b) = broker.upgrade() else { return };
+                let Some(node) = b.cluster_node() else { return };
+                let Some(raft) = node.groups().get(crate::replication::META_GROUP) else {
+                    continue;
+                };
+                let me = node.id();
+                if raft.metrics().borrow().current_leader != Some(me) {
+                    leading_since = None;
+                    down.clear();
+                    continue;
+                }
+                let now = tokio::time::Instant::now();
+                let since = *leading_since.get_or_insert(now);
+                let after = Duration::from_millis(node.config().node_down_after_ms);
+                for member in warren_cluster::membership::voters(&raft) {
+                    if member == me {
+                        continue;
+                    }
+                    let heard = node.last_heard(member).map_or(since, |h| h.max(since));
+                    if now.duration_since(heard) < after {
+                        if down.remove(&member) {
+                            tracing::info!(node = member, "node is back");
+                        }
+                        continue;
+                    }
+                    if down.insert(member) {
+                        tracing::warn!(node = member, unheard = ?now.duration_since(heard), "node is down: its transient and exclusive classic queues are deleted");
+                    }
+                    b.delete_transient_queues_of(node, member).await;
+                }
+            }
+        });
+    }
+
+    /// Deletes cluster-wide the transient and exclusive classic queues homed on `home`.
+    async fn delete_transient_queues_of(&self, node: &warren_cluster::node::Node, home: NodeId) {
+        for decl in self.classic_queues() {
+            if decl.home != home || (decl.durable && decl.exclusive_owner.is_none()) {
+                continue;
+            }
+            let op = MetaOp::DeleteClassicQueue {
+                vhost: decl.vhost.clone(),
+                name: decl.name.clone(),
+                uid: decl.uid,
+            };
+            match self.replicate(node, op).await {
+                Ok(_) => {
+                    tracing::info!(vhost = %decl.vhost, queue = %decl.name, home, "deleted a transient queue of a down node")
+                }
+                Err(refusal) => {
+                    tracing::warn!(queue = %decl.name, %refusal, "could not delete a transient queue of a down node")
+                }
+            }
+        }
     }
 
     /// Deletes cluster-wide the classic queues homed on a node that left the cluster.

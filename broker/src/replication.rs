@@ -39,6 +39,9 @@ pub const META_GROUP: GroupId = GroupId(1 << 48);
 /// How long a definition change may wait for the metadata group (a leader, a majority).
 pub const META_DEADLINE: Duration = Duration::from_secs(15);
 
+/// How long a committed metadata change waits for the other members to apply it.
+const VISIBLE_WAIT: Duration = Duration::from_secs(1);
+
 tokio::task_local! {
     /// Set while a node applies a committed op: the broker acts locally.
     static APPLYING: ();
@@ -263,6 +266,21 @@ impl Broker {
         node.wait_applied(META_GROUP, proposed.index, META_DEADLINE)
             .await
             .map_err(unavailable)?;
+        if !matches!(op, MetaOp::Barrier) {
+            // Visible on every member before the client hears `*-ok`, as RabbitMQ's
+            // definitions are: a binding confirmed through one node routes a publish through
+            // another at once. A member down or cut off is not waited for beyond a moment.
+            let behind = node
+                .await_applied_everywhere(META_GROUP, proposed.index, VISIBLE_WAIT)
+                .await;
+            if !behind.is_empty() {
+                tracing::debug!(
+                    ?behind,
+                    index = proposed.index,
+                    "members not caught up with a metadata change"
+                );
+            }
+        }
         let reply: MetaReply = decode(&proposed.reply).map_err(Refusal::internal)?;
         reply.map_err(|(code, text)| Refusal::new(reply_code(code), text))
     }

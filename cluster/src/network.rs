@@ -29,20 +29,34 @@ use tonic::{Request, Response, Status};
 use warren_proto::raft::raft_client::RaftClient;
 use warren_proto::raft::raft_server::{Raft as RaftRpc, RaftServer};
 use warren_proto::raft::{
-    HoldReply, HoldRequest, MembershipReply, MembershipRequest, ProposeReply, ProposeRequest,
-    RaftReply, RaftRequest,
+    AwaitAppliedReply, AwaitAppliedRequest, HoldReply, HoldRequest, MembershipReply,
+    MembershipRequest, ProposeReply, ProposeRequest, RaftReply, RaftRequest,
 };
 
 /// How long connecting to a peer may take before the call counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Connections to peer nodes by address, shared by every group.
+/// Connections to peer nodes by address, shared by every group, and when each peer last
+/// answered one of this node's raft calls.
 #[derive(Debug, Default, Clone)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    heard: Arc<Mutex<HashMap<NodeId, tokio::time::Instant>>>,
 }
 
 impl Peers {
+    fn heard_from(&self, peer: NodeId) {
+        let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        heard.insert(peer, tokio::time::Instant::now());
+    }
+
+    /// When `peer` last answered a raft call of this node (any group's: a leader hears from
+    /// each follower every heartbeat).
+    pub(crate) fn last_heard(&self, peer: NodeId) -> Option<tokio::time::Instant> {
+        let heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        heard.get(&peer).copied()
+    }
+
     pub(crate) fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = channels.get(addr) {
@@ -149,6 +163,7 @@ impl PeerClient {
             tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
             _ => RPCError::Network(NetworkError::new(&status)),
         })?;
+        self.peers.heard_from(self.target);
         let result: Result<Resp, RaftError<NodeId, E>> = decode(&reply.into_inner().payload)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -256,14 +271,19 @@ impl RaftService {
             .max_encoding_message_size(64 * 1024 * 1024)
     }
 
+    /// This node's replica of `group`, or NOT_FOUND.
+    fn group(&self, group: u64) -> Result<Raft<TypeConfig>, Status> {
+        self.groups
+            .get(GroupId(group))
+            .ok_or_else(|| Status::not_found(format!("no raft group {group} on this node")))
+    }
+
     fn target<T: DeserializeOwned>(
         &self,
         request: Request<RaftRequest>,
     ) -> Result<(Raft<TypeConfig>, T), Status> {
         let request = request.into_inner();
-        let raft = self.groups.get(GroupId(request.group)).ok_or_else(|| {
-            Status::not_found(format!("no raft group {} on this node", request.group))
-        })?;
+        let raft = self.group(request.group)?;
         let rpc = decode(&request.payload)
             .map_err(|e| Status::invalid_argument(format!("raft request: {e}")))?;
         Ok((raft, rpc))
@@ -301,10 +321,7 @@ impl RaftRpc for RaftService {
 
     async fn elect(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let group = request.into_inner().group;
-        let raft = self
-            .groups
-            .get(GroupId(group))
-            .ok_or_else(|| Status::not_found(format!("no raft group {group} on this node")))?;
+        let raft = self.group(group)?;
         raft.trigger()
             .elect()
             .await
@@ -314,13 +331,26 @@ impl RaftRpc for RaftService {
         }))
     }
 
+    async fn await_applied(
+        &self,
+        request: Request<AwaitAppliedRequest>,
+    ) -> Result<Response<AwaitAppliedReply>, Status> {
+        let request = request.into_inner();
+        let group = GroupId(request.group);
+        let raft = self.group(group.0)?;
+        let wait = Duration::from_millis(request.millis.min(60_000));
+        let applied = raft
+            .wait(Some(wait))
+            .applied_index_at_least(Some(request.index), "applied for a proposer")
+            .await
+            .is_ok();
+        Ok(Response::new(AwaitAppliedReply { applied }))
+    }
+
     async fn hold(&self, request: Request<HoldRequest>) -> Result<Response<HoldReply>, Status> {
         let request = request.into_inner();
         let group = GroupId(request.group);
-        let raft = self
-            .groups
-            .get(group)
-            .ok_or_else(|| Status::not_found(format!("no raft group {} on this node", group.0)))?;
+        let raft = self.group(group.0)?;
         let time = Duration::from_millis(request.millis.min(60_000));
         Ok(Response::new(
             match self
@@ -351,9 +381,7 @@ impl RaftRpc for RaftService {
         request: Request<MembershipRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
         let request = request.into_inner();
-        let raft = self.groups.get(GroupId(request.group)).ok_or_else(|| {
-            Status::not_found(format!("no raft group {} on this node", request.group))
-        })?;
+        let raft = self.group(request.group)?;
         let voters: BTreeSet<NodeId> = request.voters.into_iter().collect();
         let addresses: BTreeMap<NodeId, String> = request.addresses.into_iter().collect();
         match apply_voters(&raft, &voters, &addresses).await {
@@ -374,9 +402,7 @@ impl RaftRpc for RaftService {
         request: Request<ProposeRequest>,
     ) -> Result<Response<ProposeReply>, Status> {
         let request = request.into_inner();
-        let raft = self.groups.get(GroupId(request.group)).ok_or_else(|| {
-            Status::not_found(format!("no raft group {} on this node", request.group))
-        })?;
+        let raft = self.group(request.group)?;
         let not_applied = |leader: Option<NodeId>| ProposeReply {
             applied: false,
             reply: Vec::new(),

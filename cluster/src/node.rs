@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::Request;
 use warren_proto::raft::raft_client::RaftClient;
-use warren_proto::raft::{MembershipRequest, ProposeRequest};
+use warren_proto::raft::{AwaitAppliedRequest, MembershipRequest, ProposeRequest};
 use warren_storage::Wal;
 
 /// How long a proposal forwarded to the leader may take there.
@@ -91,6 +91,10 @@ pub struct ClusterConfig {
     /// a quarter of that (at most 1024) is kept before a snapshot's cursor for followers a
     /// little behind.
     pub snapshot_entries: u64,
+    /// A member the metadata group's leader has not heard from for this long is down: its
+    /// transient and exclusive classic queues are deleted cluster-wide (as RabbitMQ does when
+    /// a node goes down); its durable ones wait for it.
+    pub node_down_after_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -103,6 +107,7 @@ impl Default for ClusterConfig {
             election_timeout_max_ms: 3000,
             join: false,
             snapshot_entries: crate::state_machine::SNAPSHOT_EVERY,
+            node_down_after_ms: 15_000,
         }
     }
 }
@@ -123,6 +128,9 @@ impl ClusterConfig {
         }
         if self.snapshot_entries < 4 {
             return Err("cluster.snapshot_entries must be 4 or more".into());
+        }
+        if self.node_down_after_ms <= self.election_timeout_max_ms {
+            return Err("cluster.node_down_after_ms must exceed election_timeout_max_ms".into());
         }
         if self.election_timeout_max_ms <= self.election_timeout_min_ms {
             return Err(
@@ -411,6 +419,11 @@ impl Node {
         }
     }
 
+    /// When member `id` last answered a raft call of this node.
+    pub fn last_heard(&self, id: NodeId) -> Option<tokio::time::Instant> {
+        self.peers.last_heard(id)
+    }
+
     /// The (shared, lazily connected) connection to member `id`, for other services on the
     /// cluster listener.
     pub fn channel_to(&self, id: NodeId) -> Result<tonic::transport::Channel, String> {
@@ -437,6 +450,47 @@ impl Node {
                 waited: timeout,
                 last: e.to_string(),
             })
+    }
+
+    /// Waits, at most `wait`, until every other voter of `group` has applied entry `index`
+    /// (each is asked at once; one that is down answers nothing). Returns the voters that did
+    /// not confirm it.
+    pub async fn await_applied_everywhere(
+        &self,
+        group: GroupId,
+        index: u64,
+        wait: Duration,
+    ) -> Vec<NodeId> {
+        let Some(raft) = self.groups.get(group) else {
+            return Vec::new();
+        };
+        let mut asked = tokio::task::JoinSet::new();
+        for voter in crate::membership::voters(&raft) {
+            if voter == self.id() {
+                continue;
+            }
+            let channel = self.channel_to(voter);
+            asked.spawn(async move {
+                let Ok(channel) = channel else {
+                    return (voter, false);
+                };
+                let mut request = Request::new(AwaitAppliedRequest {
+                    group: group.0,
+                    index,
+                    millis: wait.as_millis() as u64,
+                });
+                request.set_timeout(wait);
+                let reply = RaftClient::new(channel).await_applied(request).await;
+                (voter, reply.is_ok_and(|r| r.into_inner().applied))
+            });
+        }
+        let mut behind = Vec::new();
+        while let Some(answer) = asked.join_next().await {
+            if let Ok((voter, false)) = answer {
+                behind.push(voter);
+            }
+        }
+        behind
     }
 
     /// Makes `voters` the voters of `group`, at its leader (here or forwarded), within

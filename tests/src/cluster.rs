@@ -9,9 +9,10 @@ use crate::Warren;
 use std::net::TcpListener;
 use std::path::Path;
 
-/// Raft timings short enough for tests (a leader is elected within about a second).
-const TIMINGS: &str =
-    "heartbeat_ms = 100\nelection_timeout_min_ms = 500\nelection_timeout_max_ms = 1000\n";
+/// Raft timings short enough for tests (a leader is elected within about a second; a node
+/// unheard for 3 s is down).
+const TIMINGS: &str = "heartbeat_ms = 100\nelection_timeout_min_ms = 500\n\
+    election_timeout_max_ms = 1000\nnode_down_after_ms = 3000\n";
 
 #[derive(Debug)]
 pub struct Cluster {

@@ -1671,7 +1671,7 @@ async fn a_leader_whose_log_fails_a_read_is_fenced_and_the_queue_goes_on_without
 }
 
 /// A passive declare through `node`: the queue's ready count, or the refusal's reply code.
-async fn passive_count(node: &Warren, name: &str) -> Result<u32, Option<u16>> {
+async fn passive_declare(node: &Warren, name: &str) -> Result<u32, lapin::Error> {
     let (_c, ch) = channel(node).await;
     ch.queue_declare(
         name.into(),
@@ -1683,7 +1683,41 @@ async fn passive_count(node: &Warren, name: &str) -> Result<u32, Option<u16>> {
     )
     .await
     .map(|q| q.message_count())
-    .map_err(|e| reply_code(&e))
+}
+
+async fn passive_count(node: &Warren, name: &str) -> Result<u32, Option<u16>> {
+    passive_declare(node, name)
+        .await
+        .map_err(|e| reply_code(&e))
+}
+
+/// The reply text of a passive declare's refusal through `node` (`None` when it succeeds).
+async fn passive_refusal(node: &Warren, name: &str) -> Option<String> {
+    match passive_declare(node, name).await {
+        Ok(_) => None,
+        Err(e) => Some(match e.kind() {
+            lapin::ErrorKind::ProtocolError(p) => format!("{} {}", p.get_id(), p.get_message()),
+            other => format!("{other:?}"),
+        }),
+    }
+}
+
+/// Waits (bounded) until a passive declare through `node` is refused with a text containing
+/// `expected`.
+async fn await_refusal(cluster: &Cluster, id: usize, name: &str, expected: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = passive_refusal(cluster.node(id), name).await;
+        if got.as_deref().is_some_and(|t| t.contains(expected)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue '{name}' through node {id}: {got:?}, expected a refusal with {expected:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits (bounded) until a passive declare through `node` answers `expected`.
@@ -1977,6 +2011,14 @@ async fn classic_queues_are_the_clusters_served_by_their_home_node_from_any_node
     }
     await_passive(&cluster, 3, "fleeting", Ok(0)).await;
     cluster.node_mut(1).kill();
+    // As RabbitMQ: a passive declare of a queue whose home node is down is refused with 404.
+    let refusal = passive_refusal(cluster.node(2), "fleeting").await;
+    assert!(
+        refusal
+            .as_deref()
+            .is_some_and(|t| t.starts_with("404") && t.contains("home node 1")),
+        "{refusal:?}"
+    );
     {
         let (_c, ch) = channel(cluster.node(2)).await;
         ch.confirm_select(ConfirmSelectOptions::default())
@@ -2009,21 +2051,27 @@ async fn classic_queues_are_the_clusters_served_by_their_home_node_from_any_node
             .expect_err("consume while the home node is down");
         assert_eq!(reply_code(&refused), Some(404));
     }
-    // Deleted while its home is down: the home node deletes its copy when it returns. The
-    // transient queue died with its home node's process: gone everywhere once it restarts.
+    // The transient queue died with its home node: once the metadata leader has not heard from
+    // node 1 for `node_down_after_ms` (3 s here), it is deleted cluster-wide, while the durable
+    // one waits for its home.
+    for id in [2, 3] {
+        await_refusal(&cluster, id, "fleeting", "404 NOT_FOUND - no queue").await;
+    }
+    let refusal = passive_refusal(cluster.node(3), "stranded").await;
+    assert!(
+        refusal
+            .as_deref()
+            .is_some_and(|t| t.contains("home node 1")),
+        "{refusal:?}"
+    );
+    // Deleted while its home is down: the home node deletes its copy when it returns.
     {
         let (_c, ch) = channel(cluster.node(3)).await;
         ch.queue_delete("stranded".into(), QueueDeleteOptions::default())
             .await
             .expect("delete while the home node is down");
     }
-    await_passive(&cluster, 2, "stranded", Err(Some(404))).await;
-    // As RabbitMQ: a passive declare of a queue whose home node is down is refused with 404
-    // ("home node ... is down or inaccessible"); the queue is not deleted by it.
-    assert_eq!(
-        passive_count(cluster.node(2), "fleeting").await,
-        Err(Some(404))
-    );
+    await_refusal(&cluster, 2, "stranded", "404 NOT_FOUND - no queue").await;
     cluster.node_mut(1).start_again();
     for id in [1, 2, 3] {
         await_passive(&cluster, id, "stranded", Err(Some(404))).await;
@@ -2104,4 +2152,65 @@ async fn a_home_node_back_from_far_behind_drops_the_classic_queues_deleted_meanw
         "node 1 caught up from a snapshot:\n{}",
         cluster.node(1).log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_binding_confirmed_through_one_node_routes_at_once_through_the_others() {
+    // RabbitMQ's definitions are replicated synchronously: once `bind-ok` is sent, a publish
+    // through any node follows the binding. Each round binds through node 2 and publishes
+    // through node 3 (then node 1) the moment the bind is confirmed.
+    let cluster = Cluster::start(3);
+    declare_classic(cluster.node(1), "rounds").await;
+    let (_c2, binder) = channel(cluster.node(2)).await;
+    binder
+        .exchange_declare(
+            "dispatch".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("exchange");
+    let mut publishers = Vec::new();
+    for id in [3, 1] {
+        let (c, ch) = channel(cluster.node(id)).await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        publishers.push((id, c, ch));
+    }
+    for round in 0..40 {
+        let key = format!("round-{round}");
+        binder
+            .queue_bind(
+                "rounds".into(),
+                "dispatch".into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind");
+        let (id, _, ch) = &publishers[round % 2];
+        let confirm = ch
+            .basic_publish(
+                "dispatch".into(),
+                key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                b"follows the binding",
+                BasicProperties::default(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(
+            confirm.take_message().is_none(),
+            "round {round}: returned unroutable through node {id} right after bind-ok"
+        );
+    }
+    assert_eq!(passive_count(cluster.node(1), "rounds").await, Ok(40));
 }

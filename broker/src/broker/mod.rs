@@ -174,6 +174,7 @@ impl Broker {
         .map_err(BrokerError::Cluster)?;
         node.follow_addresses(crate::replication::META_GROUP);
         broker.settle_classic_queues();
+        broker.watch_for_down_nodes();
         tokio::spawn(crate::statistics::sample_forever(Arc::downgrade(&broker)));
         broker.ensure_cluster_access().await;
         Ok(broker)
