@@ -30,7 +30,6 @@
 use crate::amqp::FieldTable;
 use crate::broker::{Broker, QueueDeclare};
 use crate::delivery::ConnId;
-use crate::exchange::Destination;
 use crate::queue::{QueueArgs, QueueCommand, QueueCounters, QueueDecl, QueueHandle, QueueId};
 use crate::quorum::router::{Kind, Router};
 use crate::refusal::Refusal;
@@ -361,16 +360,7 @@ impl Broker {
 
     /// Removes a stopped stand-in from its vhost, with the bindings to it.
     fn forget_proxy(&self, vhost: &Vhost, handle: &QueueHandle) {
-        let mut state = vhost.write();
-        if state
-            .queues
-            .get(handle.name())
-            .is_some_and(|h| h.id == handle.id)
-        {
-            state.queues.remove(handle.name());
-        }
-        let gone = Destination::Queue(handle.name().to_string());
-        if let Err(error) = self.remove_bindings_to(&mut state, &vhost.name, &gone) {
+        if let Err(error) = self.forget_queue(vhost, handle) {
             tracing::error!(%error, queue = %handle.name(), "removing the bindings of a deleted queue failed");
         }
     }

@@ -1705,19 +1705,11 @@ async fn passive_refusal(node: &Warren, name: &str) -> Option<String> {
 /// Waits (bounded) until a passive declare through `node` is refused with a text containing
 /// `expected`.
 async fn await_refusal(cluster: &Cluster, id: usize, name: &str, expected: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let got = passive_refusal(cluster.node(id), name).await;
-        if got.as_deref().is_some_and(|t| t.contains(expected)) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "queue '{name}' through node {id}: {got:?}, expected a refusal with {expected:?}\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_passive(cluster, id, name, expected, |node, name| async move {
+        let got = passive_refusal(node, name).await;
+        (got.as_deref().is_some_and(|t| t.contains(expected)), got)
+    })
+    .await;
 }
 
 /// Waits (bounded) until a passive declare through `node` answers `expected`.
@@ -1727,10 +1719,28 @@ async fn await_passive(
     name: &str,
     expected: Result<u32, Option<u16>>,
 ) {
+    poll_passive(cluster, id, name, &expected, |node, name| async move {
+        let got = passive_count(node, name).await;
+        (got == expected, got)
+    })
+    .await;
+}
+
+/// Polls `probe` through node `id` for 20 s at most, until it says it got what was `expected`.
+async fn poll_passive<'a, F, T>(
+    cluster: &'a Cluster,
+    id: usize,
+    name: &'a str,
+    expected: impl std::fmt::Debug,
+    probe: impl Fn(&'a Warren, &'a str) -> F,
+) where
+    F: std::future::Future<Output = (bool, T)>,
+    T: std::fmt::Debug,
+{
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let got = passive_count(cluster.node(id), name).await;
-        if got == expected {
+        let (done, got) = probe(cluster.node(id), name).await;
+        if done {
             return;
         }
         assert!(
