@@ -1073,6 +1073,22 @@ async fn publish_confirmed_by(node: &Warren, name: &str, ids: std::ops::Range<u6
     await_acks(confirms).await;
 }
 
+/// Publishes one message on `ch` (in confirm mode) and waits for its confirm.
+async fn publish_awaited(
+    ch: &Channel,
+    exchange: lapin::types::ShortString,
+    routing_key: lapin::types::ShortString,
+    options: BasicPublishOptions,
+    payload: &[u8],
+    properties: BasicProperties,
+) -> lapin::Confirmation {
+    ch.basic_publish(exchange, routing_key, options, payload, properties)
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm")
+}
+
 async fn await_acks(confirms: Vec<lapin::PublisherConfirm>) {
     for confirm in confirms {
         let confirm = tokio::time::timeout(Duration::from_secs(30), confirm)
@@ -1491,18 +1507,15 @@ async fn a_replica_with_a_corrupt_log_is_fenced_served_through_its_peers_and_rep
     ];
     for (queue, bodies) in batches {
         for payload in bodies {
-            let confirm = ch
-                .basic_publish(
-                    "".into(),
-                    queue.into(),
-                    BasicPublishOptions::default(),
-                    &payload,
-                    BasicProperties::default().with_delivery_mode(2),
-                )
-                .await
-                .expect("publish")
-                .await
-                .expect("confirm");
+            let confirm = publish_awaited(
+                &ch,
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &payload,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await;
             assert!(confirm.is_ack(), "publish to '{queue}' nacked");
         }
     }
@@ -1620,18 +1633,15 @@ async fn a_leader_whose_log_fails_a_read_is_fenced_and_the_queue_goes_on_without
         .await
         .expect("confirm mode");
     for id in 0..400 {
-        let confirm = ch
-            .basic_publish(
-                "".into(),
-                "rot".into(),
-                BasicPublishOptions::default(),
-                body(id).as_bytes(),
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm");
+        let confirm = publish_awaited(
+            &ch,
+            "".into(),
+            "rot".into(),
+            BasicPublishOptions::default(),
+            body(id).as_bytes(),
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await;
         assert!(confirm.is_ack());
     }
     // One of the leader's early entries rots on disk while it runs; the follower comes back,
@@ -1971,21 +1981,18 @@ async fn classic_queues_are_the_clusters_served_by_their_home_node_from_any_node
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .expect("confirms");
-        let confirm = ch
-            .basic_publish(
-                "books".into(),
-                "entry".into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                b"after the restart",
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm");
+        let confirm = publish_awaited(
+            &ch,
+            "books".into(),
+            "entry".into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"after the restart",
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await;
         assert!(confirm.is_ack() && confirm.take_message().is_none());
     }
     await_passive(&cluster, 1, "ledger", Ok(51)).await;
@@ -2103,18 +2110,15 @@ async fn a_home_node_back_from_far_behind_drops_the_classic_queues_deleted_meanw
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .expect("confirms");
-        let confirm = ch
-            .basic_publish(
-                "".into(),
-                "gone".into(),
-                BasicPublishOptions::default(),
-                b"kept on node 1's disk",
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm");
+        let confirm = publish_awaited(
+            &ch,
+            "".into(),
+            "gone".into(),
+            BasicPublishOptions::default(),
+            b"kept on node 1's disk",
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await;
         assert!(confirm.is_ack());
     }
     await_passive(&cluster, 2, "gone", Ok(1)).await;
@@ -2202,21 +2206,18 @@ async fn a_binding_confirmed_through_one_node_routes_at_once_through_the_others(
             .await
             .expect("bind");
         let (id, _, ch) = &publishers[round % 2];
-        let confirm = ch
-            .basic_publish(
-                "dispatch".into(),
-                key.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                b"follows the binding",
-                BasicProperties::default(),
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm");
+        let confirm = publish_awaited(
+            ch,
+            "dispatch".into(),
+            key.as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"follows the binding",
+            BasicProperties::default(),
+        )
+        .await;
         assert!(
             confirm.take_message().is_none(),
             "round {round}: returned unroutable through node {id} right after bind-ok"
