@@ -30,14 +30,16 @@ use warren_storage::Wal;
 /// How long a proposal forwarded to the leader may take there.
 pub(crate) const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a proposal given up by [`write_while_leading`] is retried.
 pub(crate) const UNANSWERED: &str = "the leader gave up waiting for the entry";
 
 /// `raft.client_write`, given up (`None`) after `wait`, or as soon as this node, leading the
 /// group when the write began, no longer leads it. openraft 0.9 answers a write when its entry
 /// is applied here or truncated from the log, but never when a snapshot from a newer leader
 /// replaces it (a deposed leader far behind catches up so): its responder waits forever in the
-/// core (fixed upstream after 0.9: openraft#1762). The entry may still be committed by the new leader; proposals are retried, and state
-/// machines make a repeat harmless where it would matter.
+/// core (fixed upstream after 0.9: openraft#1762). The entry may still be committed by the new
+/// leader; proposals are retried, and state machines make a repeat harmless where it would
+/// matter.
 pub(crate) async fn write_while_leading(
     raft: &Raft<TypeConfig>,
     command: Command,
