@@ -45,6 +45,7 @@ pub async fn run(
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         wal.sync()?;
         wal.checkpoint()?;
+        wal.seal()?;
         Ok(())
     })
     .await??;

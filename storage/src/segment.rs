@@ -1,11 +1,18 @@
-//! Segment files: naming, the header frame that opens each segment, and scanning a segment's
-//! frames.
+//! Segment files: naming, the header frame that opens each segment, the seal frame that ends
+//! one, and scanning a segment's frames.
 //!
 //! Every segment starts with a header frame (kind 6, not a log record: it consumes no LSN) whose
 //! `lsn` is the LSN of the first record the segment will hold and whose `stream` is the segment's
-//! own id. Frames follow back to back, each 8-byte aligned. A segment is preallocated to its full
-//! size when created, so the region after its last frame reads as zeros; the header is synced,
-//! and the directory entry with it, before any record is written to the segment.
+//! own id. Frames follow back to back, each 8-byte aligned. The header is synced, and the
+//! directory entry with it, before any record is written to the segment.
+//!
+//! What follows the last frame is either zeros (a segment created by fallocate or zero-filled)
+//! or the stale frames of a recycled segment file (see `wal::preparer`). Stale frames never pass
+//! for records: every one carries an LSN below the segment's first LSN, and a scan accepts only
+//! the next expected LSN. To end a segment without relying on what follows, a seal frame (kind
+//! 7, no LSN consumed, `lsn` = the next LSN due) is written after its last record when the log
+//! rolls to the next segment and when the log is closed; appending later overwrites a closing
+//! seal.
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +22,12 @@ use crate::record::{self, Decoded, RawHeader, RecordHeader, FRAME_ALIGN};
 
 /// Kind byte of the segment header frame. Not a `RecordKind`: it is never a log record.
 pub const HEADER_KIND: u8 = 6;
+
+/// Kind byte of the seal frame that ends a segment. Not a `RecordKind` either.
+pub const SEAL_KIND: u8 = 7;
+
+/// Bytes a seal frame occupies; every segment keeps room for one after its last record.
+pub const SEAL_BYTES: usize = record::HEADER_BYTES;
 
 /// Format version written into every segment header.
 pub const FORMAT_VERSION: u32 = 1;
@@ -48,6 +61,23 @@ pub fn encode_header(header: &SegmentHeader) -> Vec<u8> {
             seq: 0,
         },
         &payload,
+    );
+    out
+}
+
+/// Encodes the seal that ends `segment` when `next_lsn` is the next LSN due.
+pub fn encode_seal(segment: SegmentId, next_lsn: Lsn, durable_lsn: Lsn) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SEAL_BYTES);
+    record::encode_frame(
+        &mut out,
+        SEAL_KIND,
+        &RawHeader {
+            lsn: next_lsn,
+            durable_lsn,
+            stream: segment.0,
+            seq: 0,
+        },
+        &[],
     );
     out
 }
@@ -96,14 +126,15 @@ pub struct ScannedFrame<'a> {
 /// Where and why a sequential scan of a segment stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScanEnd {
-    /// Only zeros follow `offset`: the segment's clean end.
+    /// The segment's clean end: only zeros follow `offset`, or the seal frame is there.
     Clean { offset: u64 },
     /// Something that is not the next frame starts at `offset`.
     Bad { offset: u64, reason: &'static str },
 }
 
 /// Scans frames from `start`, accepting a frame only if its LSN is the next expected one
-/// (a frame with another LSN is stale or foreign data). Calls `visit` for each, in order.
+/// (a frame with another LSN is stale or foreign data), up to a seal frame that names the next
+/// expected LSN or zeros. Calls `visit` for each record frame, in order.
 /// `expected` is updated as frames are accepted; `None` accepts the first frame's LSN.
 pub fn scan_frames<'a, E>(
     buf: &'a [u8],
@@ -140,6 +171,9 @@ pub fn scan_frames<'a, E>(
             Decoded::Truncated => "truncated frame",
             Decoded::Invalid(reason) => reason,
         };
+        if is_seal(&buf[pos..], record_bytes_max, *expected) {
+            return Ok(ScanEnd::Clean { offset: pos as u64 });
+        }
         if buf[pos..].iter().all(|&b| b == 0) {
             return Ok(ScanEnd::Clean { offset: pos as u64 });
         }
@@ -150,17 +184,33 @@ pub fn scan_frames<'a, E>(
     }
 }
 
-/// The highest `durable_lsn` claimed by any valid frame (record or segment header) found at any
-/// aligned offset of `buf` from `start`. A frame that claims `durable_lsn >= L` proves that
-/// record `L` had been synced before it was written.
-pub fn max_durable_claim(buf: &[u8], start: usize, record_bytes_max: usize) -> Option<Lsn> {
+/// Whether `buf` starts with a seal frame naming `expected` as the next LSN.
+fn is_seal(buf: &[u8], record_bytes_max: usize, expected: Option<Lsn>) -> bool {
+    matches!(
+        record::decode_raw(buf, record_bytes_max),
+        record::RawDecoded::Frame { kind: SEAL_KIND, header, .. } if Some(header.lsn) == expected
+    )
+}
+
+/// The highest `durable_lsn` claimed by any valid frame (record, segment header or seal) with an
+/// LSN of at least `lsn_min` found at any aligned offset of `buf` from `start`. A frame that
+/// claims `durable_lsn >= L` proves that record `L` had been synced before it was written.
+/// `lsn_min` is the segment's first LSN: frames below it are stale (a recycled file's former
+/// contents) and prove nothing about this segment.
+pub fn max_durable_claim(
+    buf: &[u8],
+    start: usize,
+    record_bytes_max: usize,
+    lsn_min: Lsn,
+) -> Option<Lsn> {
     let mut best: Option<Lsn> = None;
     let mut pos = start.div_ceil(FRAME_ALIGN) * FRAME_ALIGN;
     while pos + record::HEADER_BYTES <= buf.len() {
-        if let record::RawDecoded::Frame { header, .. } =
-            record::decode_raw(&buf[pos..], record_bytes_max)
-        {
-            best = best.max(Some(header.durable_lsn));
+        match record::decode_raw(&buf[pos..], record_bytes_max) {
+            record::RawDecoded::Frame { header, .. } if header.lsn >= lsn_min => {
+                best = best.max(Some(header.durable_lsn));
+            }
+            _ => {}
         }
         pos += FRAME_ALIGN;
     }
@@ -252,7 +302,43 @@ mod tests {
     fn durable_claims_are_found_at_any_aligned_offset() {
         let mut buf = vec![0xFFu8; 24]; // garbage, then a valid frame at an aligned offset
         buf.extend(record(9));
-        assert_eq!(max_durable_claim(&buf, 0, MAX), Some(Lsn(8)));
-        assert_eq!(max_durable_claim(&[0u8; 512], 0, MAX), None);
+        assert_eq!(max_durable_claim(&buf, 0, MAX, Lsn(1)), Some(Lsn(8)));
+        assert_eq!(max_durable_claim(&[0u8; 512], 0, MAX, Lsn(1)), None);
+        assert_eq!(
+            max_durable_claim(&buf, 0, MAX, Lsn(10)),
+            None,
+            "a frame below the segment's first lsn is stale: it proves nothing"
+        );
+    }
+
+    #[test]
+    fn a_seal_naming_the_next_lsn_ends_the_scan_before_stale_frames() {
+        let mut buf = Vec::new();
+        for lsn in 20..=21 {
+            buf.extend(record(lsn));
+        }
+        let sealed_at = buf.len();
+        buf.extend(encode_seal(SegmentId(4), Lsn(22), Lsn(21)));
+        assert_eq!(buf.len() - sealed_at, SEAL_BYTES);
+        buf.extend(record(3)); // a recycled file's former contents
+        buf.extend(record(4));
+        let mut expected = Some(Lsn(20));
+        let end = scan_frames::<()>(&buf, 0, MAX, &mut expected, |_| Ok(())).unwrap();
+        assert_eq!(
+            end,
+            ScanEnd::Clean {
+                offset: sealed_at as u64
+            }
+        );
+        assert_eq!(expected, Some(Lsn(22)));
+
+        // A seal that names another LSN (a stale one) ends nothing: what is there is not the
+        // next frame.
+        let mut stale = record(20);
+        let stale_at = stale.len();
+        stale.extend(encode_seal(SegmentId(1), Lsn(5), Lsn(4)));
+        let mut expected = Some(Lsn(20));
+        let end = scan_frames::<()>(&stale, 0, MAX, &mut expected, |_| Ok(())).unwrap();
+        assert!(matches!(end, ScanEnd::Bad { offset, .. } if offset == stale_at as u64));
     }
 }

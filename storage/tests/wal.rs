@@ -3,9 +3,11 @@
 
 mod common;
 
+use std::path::Path;
 use std::sync::Arc;
 
 use common::{contents, payload, small_config, SimLog};
+use warren_storage::fs::FileSystem;
 use warren_storage::{StreamId, Wal, WalConfig};
 
 const Q1: StreamId = StreamId(1);
@@ -377,6 +379,82 @@ fn prepared_segments_roll_and_survive_crashes() {
         assert_eq!(contents(log.wal(), &[1]), expected, "round {round}");
     }
     assert!(log.wal().stats().segments > 10);
+}
+
+/// Names of the retired segment files waiting for reuse.
+fn retired(log: &SimLog) -> Vec<String> {
+    let mut names = log.fs.list(Path::new("/data")).unwrap();
+    names.retain(|name| name.ends_with(".free"));
+    names
+}
+
+#[test]
+fn retired_segments_are_reused_and_their_old_records_never_come_back() {
+    for seed in common::seeds(8) {
+        let _report = common::SeedReport(seed);
+        let mut log = SimLog::open(seed, small_config("/data"));
+        let mut next = 0u64;
+        for round in 0..6 {
+            for _ in 0..60 {
+                log.wal().append(Q1, next, &payload(1, next, 300)).unwrap();
+                next += 1;
+            }
+            // Settle all but the newest few: the older segments die and are retired.
+            log.wal().delete_range(Q1, 0, next - 5).unwrap();
+            log.wal().sync().unwrap();
+            let report = log.wal().compact_all().unwrap();
+            assert!(report.segments_removed >= 2, "round {round}: {report:?}");
+            let waiting = retired(&log);
+            assert_eq!(waiting.len(), 2, "round {round}: at most two are kept");
+            // The next rolls take them instead of allocating new files. Their old frames
+            // (records of the same stream, some with the same seqs) must never read as live.
+            for _ in 0..60 {
+                log.wal().append(Q1, next, &payload(1, next, 300)).unwrap();
+                next += 1;
+            }
+            log.wal().sync().unwrap();
+            assert!(
+                retired(&log).iter().all(|name| !waiting.contains(name)),
+                "round {round}: a roll reused none of {waiting:?}"
+            );
+            let expected = contents(log.wal(), &[1]);
+            assert_eq!(expected.streams.len(), 65, "round {round}");
+            match round % 3 {
+                0 => log.crash(),
+                1 => log.crash_losing_index(),
+                _ => log.close(),
+            }
+            log.reopen();
+            assert_eq!(contents(log.wal(), &[1]), expected, "round {round}");
+        }
+    }
+}
+
+#[test]
+fn a_retired_segment_newer_than_the_recovered_log_is_removed_not_reused() {
+    let mut log = SimLog::open(5, small_config("/data"));
+    for seq in 0..60 {
+        log.wal().append(Q1, seq, &payload(1, seq, 300)).unwrap();
+    }
+    log.wal().delete_range(Q1, 0, 60).unwrap();
+    log.wal().sync().unwrap();
+    log.wal().compact_all().unwrap();
+    let waiting = retired(&log);
+    assert!(!waiting.is_empty());
+    log.close();
+    // As if the log had been rebuilt from scratch since: its frames could be mistaken for the
+    // records a reused file is meant to hold, so the file must not be reused.
+    let dir = Path::new("/data");
+    let (segment, _) = waiting[0].split_once(".wal.").unwrap();
+    let ahead = format!("{segment}.wal.999999999.free");
+    log.fs
+        .rename(&dir.join(&waiting[0]), &dir.join(&ahead))
+        .unwrap();
+    log.fs.sync_dir(dir).unwrap();
+    log.reopen();
+    let left = retired(&log);
+    assert!(!left.contains(&ahead), "{left:?}");
+    assert_eq!(left.len(), waiting.len() - 1, "{left:?}");
 }
 
 #[test]

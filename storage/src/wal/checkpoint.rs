@@ -58,8 +58,8 @@ pub(crate) fn checkpoint_serialized(shared: &Shared) -> Result<()> {
     outcome
 }
 
-/// The maintenance thread: checkpoints when the overlay is large or the interval has passed
-/// with changes, then compacts what is dead enough. Exits when the log closes or fails.
+/// The maintenance thread: checkpoints when the overlay is large, the interval has passed with
+/// changes or a roll asked for compaction, then compacts what is dead enough. Exits when the log closes or fails.
 pub(crate) fn run_maintenance(shared: &Shared) {
     let interval = Duration::from_millis(shared.config.checkpoint_interval_ms);
     loop {
@@ -70,7 +70,9 @@ pub(crate) fn run_maintenance(shared: &Shared) {
                 if state.closed || state.failure.is_some() {
                     return;
                 }
-                if state.overlay.len() >= shared.config.checkpoint_ops_max {
+                if state.overlay.len() >= shared.config.checkpoint_ops_max
+                    || std::mem::take(&mut state.compaction_due)
+                {
                     break;
                 }
                 let now = Instant::now();

@@ -18,7 +18,7 @@
 //! the checkpoint (which no longer points into the victims) is committed before any victim is
 //! deleted.
 
-use super::state::LogOp;
+use super::state::{LogOp, LogState};
 use super::{frame_locked, lock, Shared};
 use crate::error::{Result, StorageError};
 use crate::ids::{Location, Lsn, SegmentId};
@@ -98,11 +98,7 @@ pub(crate) fn compact(
             );
             continue;
         }
-        let path = shared.config.segment_path(victim);
-        shared
-            .fs
-            .remove(&path)
-            .map_err(|e| StorageError::io("removing a compacted segment", &path, e))?;
+        super::preparer::retire(shared, victim)?;
         shared
             .fs
             .sync_dir(&shared.config.dir)
@@ -111,6 +107,14 @@ pub(crate) fn compact(
     }
     tracing::debug!(?report, "compaction done");
     Ok(report)
+}
+
+/// Whether a tombstone with scope `scope` must move: a segment it may apply to survives this pass.
+fn tombstone_needed(state: &LogState, victims: &[SegmentId], scope: u64) -> bool {
+    state
+        .segments
+        .keys()
+        .any(|id| id.0 <= scope && !victims.contains(id))
 }
 
 /// Re-appends the victim's live records and needed tombstones. Returns the last LSN written.
@@ -122,9 +126,20 @@ fn move_live_records(
 ) -> Result<Lsn> {
     let config = &shared.config;
     let path = config.segment_path(victim);
-    let file = match lock(&shared.state).segments.get(&victim) {
-        Some(segment) => segment.file.clone(),
-        None => return Ok(Lsn(0)),
+    let file = {
+        let state = lock(&shared.state);
+        let Some(segment) = state.segments.get(&victim) else {
+            return Ok(Lsn(0));
+        };
+        if segment.live.records == 0 {
+            if let Some(reach) = segment.tombstone_reach {
+                // Nothing live, and no tombstone that must move: nothing to read.
+                if !reach.is_some_and(|scope| tombstone_needed(&state, victims, scope)) {
+                    return Ok(Lsn(0));
+                }
+            }
+        }
+        segment.file.clone()
     };
     let len = file
         .len()
@@ -181,10 +196,9 @@ fn move_live_records(
                 }
                 LogOp::Delete { segment_max, .. }
                 | LogOp::DeleteRange { segment_max, .. }
-                | LogOp::KvDelete { segment_max, .. } => state
-                    .segments
-                    .keys()
-                    .any(|id| id.0 <= *segment_max && !victims.contains(id)),
+                | LogOp::KvDelete { segment_max, .. } => {
+                    tombstone_needed(&state, victims, *segment_max)
+                }
             };
             if !keep {
                 continue;

@@ -429,10 +429,12 @@ impl Wal {
         let mut buf = vec![0u8; location.frame_bytes as usize];
         let file = {
             let state = lock(&self.shared.state);
+            // Newest first: a record appended after a seal overwrites it at the same offset.
             let in_memory = state
-                .inflight
+                .pending
                 .iter()
-                .chain(state.pending.iter())
+                .rev()
+                .chain(state.inflight.iter().rev())
                 .find_map(|c| c.slice(&location));
             if let Some(bytes) = in_memory {
                 buf.copy_from_slice(bytes);
@@ -456,6 +458,16 @@ impl Wal {
                     e,
                 )
             })?;
+            // Compaction may have retired the segment meanwhile, and a retired file is reused:
+            // what was read counts only if the segment was still there after the read.
+            if !lock(&self.shared.state)
+                .segments
+                .contains_key(&location.segment)
+            {
+                return Err(StorageError::SegmentGone {
+                    segment: location.segment,
+                });
+            }
         }
         match record::decode(&buf, self.shared.config.record_bytes_max) {
             Decoded::Frame {
@@ -565,11 +577,42 @@ impl Wal {
         compaction::compact(&self.shared, 0.0, 0)
     }
 
-    /// Syncs, checkpoints and stops the log's threads.
+    /// Syncs, checkpoints, seals (see [`Wal::seal`]) and stops the log's threads.
     pub fn close(mut self) -> Result<()> {
-        let result = self.sync().and_then(|()| self.checkpoint());
+        let result = self
+            .sync()
+            .and_then(|()| self.checkpoint())
+            .and_then(|()| self.seal());
         self.shutdown();
         result
+    }
+
+    /// Writes a seal where the records end, after everything pending, and waits for the writer
+    /// to have synced it. The next open then finds the end of the log there, instead of scanning
+    /// what follows (the stale frames of a recycled file, which read as a torn tail to
+    /// truncate). Appends may follow: the first one overwrites the seal. Call it after
+    /// [`Wal::sync`] when stopping.
+    pub fn seal(&self) -> Result<()> {
+        let mut state = self.lock_for_append(0)?;
+        let (active, end) = (state.active, state.active_len);
+        let seal = segment::encode_seal(active, state.next_lsn, state.durable_lsn);
+        // The batch being written now does not hold the seal; the next one does.
+        let written_by = state.counters.batches + 1 + u64::from(!state.inflight.is_empty());
+        pending_chunk(&mut state, active, end).extend_from_slice(&seal);
+        state.pending_bytes += seal.len();
+        if state.writer_idle {
+            state.writer_idle = false;
+            self.shared.writer_wake.notify_one();
+        }
+        while state.counters.batches < written_by {
+            state.check_usable()?;
+            state = self
+                .shared
+                .progress
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        Ok(())
     }
 
     fn shutdown(&mut self) {
@@ -669,7 +712,9 @@ pub(crate) fn frame_locked(
         });
     }
     let frame_bytes = record::frame_bytes(payload.len()) as u64;
-    if state.active_len + frame_bytes > shared.config.segment_bytes_max {
+    // Every segment keeps room for its seal after its last record.
+    if state.active_len + frame_bytes + segment::SEAL_BYTES as u64 > shared.config.segment_bytes_max
+    {
         roll_locked(shared, state)?;
     }
     let header = RecordHeader {
@@ -681,27 +726,12 @@ pub(crate) fn frame_locked(
     };
     let offset = state.active_len;
     let active = state.active;
-    let needs_chunk = state
-        .pending
-        .last()
-        .is_none_or(|c| c.segment != active || c.offset + c.bytes.len() as u64 != offset);
-    if needs_chunk {
-        let file = state
-            .segments
-            .get(&active)
-            .expect("active segment is open")
-            .file
-            .clone();
-        let bytes = state.spare_buffers.pop().unwrap_or_default();
-        state.pending.push(Chunk {
-            segment: active,
-            file,
-            offset,
-            bytes,
-        });
-    }
-    let chunk = state.pending.last_mut().expect("chunk pushed above");
-    record::encode_into(&mut chunk.bytes, &header, payload);
+    record::encode_into(pending_chunk(state, active, offset), &header, payload);
+    state
+        .segments
+        .get_mut(&active)
+        .expect("active segment is open")
+        .note(op);
     state.active_len += frame_bytes;
     state.pending_bytes += frame_bytes as usize;
     state.pending_records += 1;
@@ -722,8 +752,34 @@ pub(crate) fn frame_locked(
     })
 }
 
-/// Creates the next segment: preallocated, header written and synced, directory entry synced.
-/// ENOSPC here fails the append that needed the space and leaves everything as it was.
+/// The pending buffer that bytes for `segment` at `offset` are appended to: the last chunk if
+/// they continue it, else a new chunk.
+fn pending_chunk(state: &mut LogState, segment: SegmentId, offset: u64) -> &mut Vec<u8> {
+    let continues = state
+        .pending
+        .last()
+        .is_some_and(|c| c.segment == segment && c.offset + c.bytes.len() as u64 == offset);
+    if !continues {
+        let file = state
+            .segments
+            .get(&segment)
+            .expect("written segment is open")
+            .file
+            .clone();
+        let bytes = state.spare_buffers.pop().unwrap_or_default();
+        state.pending.push(Chunk {
+            segment,
+            file,
+            offset,
+            bytes,
+        });
+    }
+    &mut state.pending.last_mut().expect("chunk pushed above").bytes
+}
+
+/// Creates the next segment (preallocated, header written and synced, directory entry synced)
+/// and queues the seal of the one it follows, which the writer writes with that segment's last
+/// records. ENOSPC here fails the append that needed the space and leaves everything as it was.
 fn roll_locked(shared: &Shared, state: &mut LogState) -> Result<()> {
     let next = SegmentId(state.active.0 + 1);
     let header = SegmentHeader {
@@ -731,25 +787,22 @@ fn roll_locked(shared: &Shared, state: &mut LogState) -> Result<()> {
         first_lsn: state.next_lsn,
         durable_lsn: state.durable_lsn,
     };
-    let (file, header_bytes) = match state.prepared.take() {
-        Some(prepared) if prepared.segment == next => {
-            preparer::activate(&shared.config, shared.fs.as_ref(), prepared, &header)?
-        }
-        stale => {
-            if let Some(stale) = stale {
-                preparer::discard(&shared.config, shared.fs.as_ref(), stale);
-            }
-            create_segment(&shared.config, shared.fs.as_ref(), &header)?
-        }
-    };
+    let (file, header_bytes) = preparer::new_segment(shared, state, &header)?;
     shared.prepare_wake.notify_one();
-    state.segments.insert(
-        next,
-        state::SegmentState {
-            file,
-            live: SegmentLive::default(),
-        },
-    );
+    let (sealed, sealed_len) = (state.active, state.active_len);
+    let seal = segment::encode_seal(sealed, state.next_lsn, state.durable_lsn);
+    pending_chunk(state, sealed, sealed_len).extend_from_slice(&seal);
+    state.pending_bytes += seal.len();
+    state.segments.insert(next, state::SegmentState::new(file));
+    if state.recyclable.len() < preparer::RECYCLABLE_MAX
+        && state
+            .segments
+            .iter()
+            .any(|(id, s)| *id < sealed && s.live.records == 0)
+    {
+        state.compaction_due = true;
+        shared.maintenance_wake.notify_one();
+    }
     state.active = next;
     state.active_len = header_bytes;
     tracing::debug!(

@@ -1,23 +1,41 @@
-//! Segment preparation: a background thread zero-fills the next segment file ahead of time, so
-//! that when the log rolls, the new segment's blocks are already written (fdatasync then has no
-//! extent conversions to commit) and the roll costs a rename, a header write and two syncs.
+//! Where a new segment's file comes from when the log rolls, in order of preference:
 //!
-//! The spare lives under `<segment file name>.prep` until it is activated; recovery removes
-//! any spare left by a crash. If no spare is ready (or preparing failed, for example with
-//! ENOSPC), the roll creates the segment itself by fallocate, exactly as without a preparer.
+//! 1. A retired segment. Compaction retires a dead segment by renaming it to
+//!    `<segment file name>.<lsn bound>.free` (then syncing the directory, exactly as a removal
+//!    would) while fewer than [`RECYCLABLE_MAX`] wait, and removes it otherwise. Rewriting blocks
+//!    a file already holds costs the disk and the CPU a fraction of filling fresh ones: with
+//!    zero-filling, half of every byte the log wrote was a zero. The file's old frames stay
+//!    behind the new segment's records; each has an LSN below the bound, and the bound is at most
+//!    the new segment's first LSN, so no scan accepts one (see `segment`). At open a retired file
+//!    is adopted again only if the recovered log has reached its bound; any other is removed.
+//! 2. A spare zero-filled ahead of time by the preparer thread (when `prepare_segments` is on
+//!    and no retired file waits), so the new segment's blocks are already written: fdatasync then
+//!    has no extent conversions to commit. It lives under `<segment file name>.prep` until it is
+//!    activated; the next open removes a spare a crash left.
+//! 3. A new file allocated by fallocate (also when preparing failed, for example with ENOSPC).
+//!
+//! Either of the first two is activated the same way: header written and synced, then renamed
+//! to the segment's name, then the directory synced. The header is durable before the file has
+//! the segment's name, so a crash never leaves a segment-named file with a retired segment's
+//! header. Its space is allocated already, so activation cannot fail with ENOSPC.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::state::LogState;
 use super::{lock, Shared, WalConfig};
 use crate::error::{Result, StorageError};
 use crate::fs::{FileSystem, LogFile};
-use crate::ids::SegmentId;
+use crate::ids::{Lsn, SegmentId};
 use crate::segment::{self, SegmentHeader};
 
 /// File name suffix of a spare segment.
 pub(crate) const SUFFIX: &str = ".prep";
+/// File name suffix of a retired segment kept for reuse.
+const RECYCLABLE_SUFFIX: &str = ".free";
+/// Retired segment files kept for reuse at most; compaction removes the others.
+pub(crate) const RECYCLABLE_MAX: usize = 2;
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
 /// Pause after a failed preparation before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -33,6 +51,80 @@ fn spare_path(config: &WalConfig, segment: SegmentId) -> PathBuf {
     config.dir.join(format!("{}{SUFFIX}", segment.file_name()))
 }
 
+/// Where retired segment `segment` waits for reuse; every frame in it has an LSN below `bound`.
+fn recyclable_path(config: &WalConfig, segment: SegmentId, bound: Lsn) -> PathBuf {
+    config.dir.join(format!(
+        "{}.{}{RECYCLABLE_SUFFIX}",
+        segment.file_name(),
+        bound.0
+    ))
+}
+
+/// The LSN bound in a retired segment's file name.
+fn recyclable_bound(name: &str) -> Option<Lsn> {
+    let (_, bound) = name.strip_suffix(RECYCLABLE_SUFFIX)?.rsplit_once('.')?;
+    bound.parse().ok().map(Lsn)
+}
+
+/// Takes segment `segment` (sealed, dead, no longer in the log's state) off the log: renamed
+/// for reuse if fewer than [`RECYCLABLE_MAX`] wait, else removed. The caller syncs the
+/// directory.
+pub(crate) fn retire(shared: &Shared, segment: SegmentId) -> Result<()> {
+    let config = &shared.config;
+    let path = config.segment_path(segment);
+    let keep = {
+        let state = lock(&shared.state);
+        (state.recyclable.len() < RECYCLABLE_MAX)
+            .then(|| recyclable_path(config, segment, state.next_lsn))
+    };
+    let Some(recyclable) = keep else {
+        return shared
+            .fs
+            .remove(&path)
+            .map_err(|e| StorageError::io("removing a compacted segment", &path, e));
+    };
+    shared
+        .fs
+        .rename(&path, &recyclable)
+        .map_err(|e| StorageError::io("retiring a compacted segment", &path, e))?;
+    lock(&shared.state).recyclable.push(recyclable);
+    shared.prepare_wake.notify_one();
+    Ok(())
+}
+
+/// At open: removes spares a crash left, and keeps up to [`RECYCLABLE_MAX`] retired segment
+/// files whose bound the recovered log has reached (`next_lsn`) and whose size is the segment
+/// size; removes the rest. Returns the kept ones.
+pub(crate) fn adopt_leftovers(
+    config: &WalConfig,
+    fs: &dyn FileSystem,
+    names: &[String],
+    next_lsn: Lsn,
+) -> Vec<PathBuf> {
+    let mut kept = Vec::new();
+    for name in names {
+        let path = config.dir.join(name);
+        let keep = match recyclable_bound(name) {
+            None if !name.ends_with(SUFFIX) => continue,
+            None => false,
+            Some(bound) => {
+                kept.len() < RECYCLABLE_MAX
+                    && bound <= next_lsn
+                    && fs
+                        .open(&path)
+                        .and_then(|f| f.len())
+                        .is_ok_and(|len| len == config.segment_bytes_max)
+            }
+        };
+        if keep {
+            kept.push(path);
+        } else if let Err(error) = fs.remove(&path) {
+            tracing::warn!(path = %path.display(), %error, "could not remove a leftover spare segment");
+        }
+    }
+    kept
+}
+
 pub(crate) fn run(shared: &Shared) {
     loop {
         let target = {
@@ -42,7 +134,9 @@ pub(crate) fn run(shared: &Shared) {
                     return;
                 }
                 let wanted = SegmentId(state.active.0 + 1);
-                if state.prepared.as_ref().map(|p| p.segment) != Some(wanted) {
+                if state.prepared.as_ref().map(|p| p.segment) != Some(wanted)
+                    && state.recyclable.is_empty()
+                {
                     break wanted;
                 }
                 state = shared
@@ -110,25 +204,53 @@ fn prepare(
     Ok(file)
 }
 
-/// Turns the spare into segment `header.segment`: rename, header, syncs. Space is already
-/// allocated, so this cannot fail with ENOSPC.
-pub(crate) fn activate(
-    config: &WalConfig,
-    fs: &dyn FileSystem,
-    prepared: Prepared,
+/// The file for new segment `header.segment`, activated (see the module docs): the prepared
+/// spare, else a retired segment's file, else a new one. Called by the roll, under the state
+/// lock.
+pub(crate) fn new_segment(
+    shared: &Shared,
+    state: &mut LogState,
     header: &SegmentHeader,
 ) -> Result<(Arc<dyn LogFile>, u64)> {
-    let from = spare_path(config, prepared.segment);
-    let to = config.segment_path(prepared.segment);
+    let (config, fs) = (&shared.config, shared.fs.as_ref());
+    match state.prepared.take() {
+        Some(spare) if spare.segment == header.segment => {
+            let path = spare_path(config, spare.segment);
+            return activate(config, fs, &path, spare.file, header);
+        }
+        Some(stale) => discard(config, fs, stale),
+        None => {}
+    }
+    while let Some(path) = state.recyclable.pop() {
+        match fs.open(&path) {
+            Ok(file) => return activate(config, fs, &path, file, header),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot reuse a retired segment; removing it");
+                let _ = fs.remove(&path);
+            }
+        }
+    }
+    super::create_segment(config, fs, header)
+}
+
+/// Header, sync, rename to the segment's name, directory sync.
+fn activate(
+    config: &WalConfig,
+    fs: &dyn FileSystem,
+    from: &Path,
+    file: Arc<dyn LogFile>,
+    header: &SegmentHeader,
+) -> Result<(Arc<dyn LogFile>, u64)> {
+    let to = config.segment_path(header.segment);
     let bytes = segment::encode_header(header);
     (|| {
-        fs.rename(&from, &to)?;
-        prepared.file.write_all_at(&bytes, 0)?;
-        prepared.file.sync_data()?;
+        file.write_all_at(&bytes, 0)?;
+        file.sync_data()?;
+        fs.rename(from, &to)?;
         fs.sync_dir(&config.dir)
     })()
     .map_err(|e| StorageError::io("activating a prepared segment", &to, e))?;
-    Ok((prepared.file, bytes.len() as u64))
+    Ok((file, bytes.len() as u64))
 }
 
 pub(crate) fn discard(config: &WalConfig, fs: &dyn FileSystem, prepared: Prepared) {

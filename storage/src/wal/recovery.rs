@@ -6,14 +6,15 @@
 //! rebuilt from the first segment. Replay first re-reads the checkpoint's segment up to the
 //! checkpoint and checks every frame there (the index must agree with the log).
 //!
-//! Torn tail or corruption: a scan stops at the first thing that is not the next frame, at
-//! (segment S, offset O) where record L was expected. If any valid frame anywhere after that
-//! point carries `durable_lsn >= L`, record L had been synced before that frame was written, so
-//! its loss is corruption: open fails with `Corrupt { S, O }`. Otherwise nothing after O was ever
-//! reported durable; O is the torn end of the log: the segment is truncated there and any later
-//! segment (which can only hold unsynced bytes) is removed. Each segment is fdatasynced before it
-//! is trusted, so bytes a killed process left in the page cache are made durable before anyone
-//! is told they are.
+//! Torn tail or corruption: a scan stops at the first thing that is not the next frame (nor the
+//! segment's seal, nor zeros), at (segment S, offset O) where record L was expected. If any valid
+//! frame anywhere after that point (stale frames of a recycled file aside: they carry LSNs below
+//! their segment's first) carries `durable_lsn >= L`, record L had been synced before that frame
+//! was written, so its loss is corruption: open fails with `Corrupt { S, O }`. Otherwise nothing
+//! after O was ever reported durable; O is the torn end of the log: the segment is truncated
+//! there and any later segment (which can only hold unsynced bytes) is removed. Each segment is
+//! fdatasynced before it is trusted, so bytes a killed process left in the page cache are made
+//! durable before anyone is told they are.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -72,7 +73,8 @@ pub(crate) fn recover(
         }
         index.clear()?;
     }
-    let state = recovery.replay(replay_from.as_ref())?;
+    let mut state = recovery.replay(replay_from.as_ref())?;
+    state.recyclable = super::preparer::adopt_leftovers(config, fs, &names, state.next_lsn);
     if let Some(cp) = &checkpoint {
         if cp.next_lsn > state.next_lsn {
             return Err(StorageError::IndexAheadOfLog {
@@ -129,6 +131,7 @@ impl Recovery<'_> {
                         SegmentState {
                             file: file.clone(),
                             live,
+                            tombstone_reach: None, // known once replayed whole
                         },
                     )
                 })
@@ -150,6 +153,8 @@ impl Recovery<'_> {
             writer_idle: false,
             writer_wake_at: 1,
             prepared: None,
+            recyclable: Vec::new(),
+            compaction_due: false,
             counters: WalCounters::default(),
         }
     }
@@ -163,10 +168,15 @@ impl Recovery<'_> {
         offset: usize,
     ) -> Result<Option<Lsn>> {
         let max = self.config.record_bytes_max;
-        let mut best = segment::max_durable_claim(buf, offset + 1, max);
+        // Frames below a segment's first LSN are a recycled file's stale contents. A segment
+        // whose header does not decode has all its frames counted (the cautious side).
+        let lsn_min = |buf: &[u8]| {
+            segment::decode_header(buf, max).map_or(Lsn(0), |(header, _)| header.first_lsn)
+        };
+        let mut best = segment::max_durable_claim(buf, offset + 1, max, lsn_min(buf));
         for (id, file) in self.files.range(SegmentId(segment.0 + 1)..) {
             let later = read_all(file.as_ref(), &self.config.segment_path(*id))?;
-            best = best.max(segment::max_durable_claim(&later, 0, max));
+            best = best.max(segment::max_durable_claim(&later, 0, max, lsn_min(&later)));
         }
         Ok(best)
     }
@@ -327,6 +337,9 @@ impl Recovery<'_> {
                     }
                 }
                 expected = Some(header.first_lsn);
+                if let Some(segment) = state.segments.get_mut(&id) {
+                    segment.tombstone_reach = Some(None); // every record of it is replayed
+                }
                 header_bytes
             };
             state.active = id;
@@ -341,6 +354,9 @@ impl Recovery<'_> {
                     frame_bytes: frame.frame_bytes as u32,
                 };
                 state.apply(index, &op, location)?;
+                if let Some(segment) = state.segments.get_mut(&id) {
+                    segment.note(&op);
+                }
                 state.next_lsn = Lsn(h.lsn.0 + 1);
                 state.active_len = frame.offset + frame.frame_bytes as u64;
                 if state.overlay.len() >= checkpoint_ops_max {
@@ -380,13 +396,7 @@ impl Recovery<'_> {
                 };
                 let (file, header_bytes) = create_segment(self.config, self.fs, &header)?;
                 self.files.insert(id, file.clone());
-                state.segments.insert(
-                    id,
-                    SegmentState {
-                        file,
-                        live: SegmentLive::default(),
-                    },
-                );
+                state.segments.insert(id, SegmentState::new(file));
                 state.active = id;
                 state.active_len = header_bytes;
             }

@@ -45,6 +45,28 @@ impl Chunk {
 pub(crate) struct SegmentState {
     pub file: Arc<dyn LogFile>,
     pub live: SegmentLive,
+    /// The highest scope (`segment_max`) of the tombstones the segment holds: `Some(None)` if it
+    /// holds none, `None` if that is not known (its records were not all seen since the log was
+    /// opened). Compaction skips reading a dead segment whose tombstones can delete nothing.
+    pub tombstone_reach: Option<Option<u64>>,
+}
+
+impl SegmentState {
+    /// A segment just created: empty.
+    pub fn new(file: Arc<dyn LogFile>) -> SegmentState {
+        SegmentState {
+            file,
+            live: SegmentLive::default(),
+            tombstone_reach: Some(None),
+        }
+    }
+
+    /// Notes that record `op` is in this segment.
+    pub fn note(&mut self, op: &LogOp) {
+        if let (Some(reach), Some(scope)) = (&mut self.tombstone_reach, op.scope()) {
+            *reach = (*reach).max(Some(scope));
+        }
+    }
 }
 
 /// One stream record's change since the last checkpoint.
@@ -151,6 +173,16 @@ struct KvDeletePayload {
 }
 
 impl LogOp {
+    /// A tombstone's scope: the highest segment whose copy of its key it deletes.
+    pub fn scope(&self) -> Option<u64> {
+        match self {
+            LogOp::Put { .. } | LogOp::KvPut { .. } => None,
+            LogOp::Delete { segment_max, .. }
+            | LogOp::DeleteRange { segment_max, .. }
+            | LogOp::KvDelete { segment_max, .. } => Some(*segment_max),
+        }
+    }
+
     /// Kind, stream, seq and payload of the record that carries this op. Puts carry the caller's
     /// payload, which is passed separately.
     pub fn encode(&self) -> (RecordKind, u64, u64, Vec<u8>) {
@@ -278,6 +310,12 @@ pub(crate) struct LogState {
     pub closed: bool,
     /// The next segment, zero-filled ahead of time by the preparer.
     pub prepared: Option<super::preparer::Prepared>,
+    /// Retired segment files kept for reuse as spares (see `wal::preparer`).
+    pub recyclable: Vec<std::path::PathBuf>,
+    /// Set by a roll that found dead sealed segments while fewer retired files wait than are
+    /// kept: the maintenance thread compacts at once rather than at its next interval, so the
+    /// rolls that follow find files to reuse.
+    pub compaction_due: bool,
     /// The writer is waiting for work: only then does an append need to wake it (a condvar
     /// notify is a syscall, too dear to pay on every append).
     pub writer_idle: bool,
