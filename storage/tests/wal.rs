@@ -431,6 +431,41 @@ fn retired_segments_are_reused_and_their_old_records_never_come_back() {
 }
 
 #[test]
+fn compaction_moves_definitions_out_of_a_dead_segment_without_reading_it() {
+    let mut log = SimLog::open(9, small_config("/data"));
+    let definitions: Vec<(Vec<u8>, Vec<u8>)> = (0..4)
+        .map(|i| (format!("queue/q{i}").into_bytes(), vec![i as u8; 40]))
+        .collect();
+    let mut seq = 0;
+    for (key, value) in &definitions {
+        // Spread over several segments, between messages that are then all settled.
+        log.wal().kv_put(key, value).unwrap();
+        for _ in 0..40 {
+            log.wal().append(Q1, seq, &payload(1, seq, 300)).unwrap();
+            seq += 1;
+        }
+    }
+    log.wal().delete_range(Q1, 0, seq).unwrap();
+    log.wal().sync().unwrap();
+    let segments = log.wal().stats().segments;
+    assert!(segments >= 5, "{segments}");
+    let read_before = log.fs.counters().read_bytes;
+    let report = log.wal().compact_all().unwrap();
+    let read = log.fs.counters().read_bytes - read_before;
+    assert_eq!(report.records_moved, 4, "{report:?}");
+    assert_eq!(report.segments_removed, segments - 1, "{report:?}");
+    assert!(
+        read < log.config.segment_bytes_max,
+        "compaction read {read} bytes; the index says where the definitions are"
+    );
+    let expected = contents(log.wal(), &[1]);
+    assert_eq!(expected.kv, definitions.iter().cloned().collect());
+    log.crash();
+    log.reopen();
+    assert_eq!(contents(log.wal(), &[1]), expected);
+}
+
+#[test]
 fn a_retired_segment_newer_than_the_recovered_log_is_removed_not_reused() {
     let mut log = SimLog::open(5, small_config("/data"));
     for seq in 0..60 {

@@ -41,6 +41,7 @@ impl SimFsOptions {
 /// Counters of what the simulated disk was asked to do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SimCounters {
+    pub read_bytes: u64,
     pub writes: u64,
     pub syncs: u64,
     pub dir_syncs: u64,
@@ -271,6 +272,7 @@ impl LogFile for SimFile {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let flip = {
             let mut state = lock(&self.fs.state);
+            state.counters.read_bytes += buf.len() as u64;
             let per_million = state.read_flip_per_million;
             per_million > 0 && state.rng.gen_range(0..1_000_000) < per_million
         };

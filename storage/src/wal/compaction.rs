@@ -14,9 +14,17 @@
 //! leaves an old copy on disk without the tombstone that deletes it (the tombstone's own segment
 //! is never below the copies it deletes).
 //!
-//! Ordering that makes a crash at any step safe: moved copies are durable before the checkpoint,
-//! the checkpoint (which no longer points into the victims) is committed before any victim is
-//! deleted.
+//! Reading a victim is skipped when what is known of it since the log was opened (`Seen`) says
+//! that no tombstone in it must move and that all its live records, if any, are definitions:
+//! those are found through the index. That is the steady state of queues whose consumers keep
+//! up: without it, every pass read a whole segment to move a handful of definitions.
+//!
+//! Ordering that makes a crash at any step safe: everything queued for the victims is written
+//! before they are read (and so before a retired file can be reused), moved copies are durable
+//! before the checkpoint, the checkpoint (which no longer points into the victims) is committed
+//! before any victim is retired.
+
+use std::collections::BTreeSet;
 
 use super::state::{LogOp, LogState};
 use super::{frame_locked, lock, Shared};
@@ -49,11 +57,16 @@ pub(crate) fn compact(
 ) -> Result<CompactionReport> {
     let _serial = lock(&shared.maintenance);
     let capacity = shared.config.segment_bytes_max as f64;
-    let victims: Vec<SegmentId> = {
+    let (victims, queued_upto) = {
         let state = lock(&shared.state);
         state.check_usable()?;
+        // Bytes still queued for a victim (its last records, its seal) must be in its file
+        // before it is read, and before it is retired: a retired file is reused, and a late
+        // write would land in the segment that reuses it. Everything queued now is written
+        // once this LSN is durable.
+        let queued_upto = Lsn(state.next_lsn.0 - 1);
         let young_from = state.active.0.saturating_sub(young_segments);
-        state
+        let victims: Vec<SegmentId> = state
             .segments
             .iter()
             .filter(|(id, _)| **id < state.active)
@@ -65,12 +78,14 @@ pub(crate) fn compact(
                 }
             })
             .map(|(id, _)| *id)
-            .collect()
+            .collect();
+        (victims, queued_upto)
     };
     let mut report = CompactionReport::default();
     if victims.is_empty() {
         return Ok(report);
     }
+    shared.wait_durable(queued_upto)?;
     let mut last_lsn = Lsn(0);
     for &victim in &victims {
         last_lsn = last_lsn.max(move_live_records(shared, victim, &victims, &mut report)?);
@@ -117,6 +132,61 @@ fn tombstone_needed(state: &LogState, victims: &[SegmentId], scope: u64) -> bool
         .any(|id| id.0 <= scope && !victims.contains(id))
 }
 
+/// Re-appends the definitions (kv puts) that live in `victim`, found through the index and its
+/// overlays. The index does not change meanwhile: checkpoints are serialized with compaction.
+/// Returns the last LSN written.
+fn move_definitions(
+    shared: &Shared,
+    victim: SegmentId,
+    report: &mut CompactionReport,
+) -> Result<Lsn> {
+    let index = shared.index.as_ref();
+    let mut keys: BTreeSet<Vec<u8>> = index
+        .kv_prefix(&[])?
+        .into_iter()
+        .filter(|(_, location, _)| location.segment == victim)
+        .map(|(key, _, _)| key)
+        .collect();
+    {
+        let state = lock(&shared.state);
+        let layers = state
+            .frozen
+            .iter()
+            .map(|f| &f.kv)
+            .chain(std::iter::once(&state.overlay.kv));
+        for layer in layers {
+            for (key, entry) in layer {
+                if matches!(entry, Some((location, _)) if location.segment == victim) {
+                    keys.insert(key.clone());
+                }
+            }
+        }
+    }
+    let keys: Vec<Vec<u8>> = keys.into_iter().collect();
+    let mut last_lsn = Lsn(0);
+    for group in keys.chunks(FRAMES_PER_LOCK) {
+        let mut state = shared.lock_with_room()?;
+        for key in group {
+            let Some((location, value)) = state.kv_lookup(index, key)? else {
+                continue;
+            };
+            if location.segment != victim {
+                continue;
+            }
+            let op = LogOp::KvPut {
+                key: key.clone(),
+                value,
+            };
+            let receipt = frame_locked(shared, &mut state, &op, &[])?;
+            state.apply(index, &op, receipt.location)?;
+            last_lsn = receipt.lsn;
+            report.records_moved += 1;
+            report.bytes_moved += u64::from(receipt.location.frame_bytes);
+        }
+    }
+    Ok(last_lsn)
+}
+
 /// Re-appends the victim's live records and needed tombstones. Returns the last LSN written.
 fn move_live_records(
     shared: &Shared,
@@ -131,15 +201,23 @@ fn move_live_records(
         let Some(segment) = state.segments.get(&victim) else {
             return Ok(Lsn(0));
         };
-        if segment.live.records == 0 {
-            if let Some(reach) = segment.tombstone_reach {
-                // Nothing live, and no tombstone that must move: nothing to read.
-                if !reach.is_some_and(|scope| tombstone_needed(&state, victims, scope)) {
+        match segment.seen {
+            // No tombstone must move and every live record is a definition: the index says
+            // where those are, so the segment need not be read.
+            Some(seen)
+                if seen.kv_live == segment.live.records
+                    && !seen
+                        .tombstone_reach
+                        .is_some_and(|scope| tombstone_needed(&state, victims, scope)) =>
+            {
+                if segment.live.records == 0 {
                     return Ok(Lsn(0));
                 }
+                drop(state);
+                return move_definitions(shared, victim, report);
             }
+            _ => segment.file.clone(),
         }
-        segment.file.clone()
     };
     let len = file
         .len()

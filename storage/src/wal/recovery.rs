@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use super::state::{LogOp, LogState, Overlay, SegmentState, WalCounters};
+use super::state::{LogOp, LogState, Overlay, Seen, SegmentState, WalCounters};
 use super::{create_segment, WalConfig};
 use crate::error::{Result, StorageError};
 use crate::fs::{FileSystem, LogFile};
@@ -131,7 +131,7 @@ impl Recovery<'_> {
                         SegmentState {
                             file: file.clone(),
                             live,
-                            tombstone_reach: None, // known once replayed whole
+                            seen: None, // known once replayed whole
                         },
                     )
                 })
@@ -338,7 +338,7 @@ impl Recovery<'_> {
                 }
                 expected = Some(header.first_lsn);
                 if let Some(segment) = state.segments.get_mut(&id) {
-                    segment.tombstone_reach = Some(None); // every record of it is replayed
+                    segment.seen = Some(Seen::default()); // every record of it is replayed
                 }
                 header_bytes
             };

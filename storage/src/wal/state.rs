@@ -45,10 +45,19 @@ impl Chunk {
 pub(crate) struct SegmentState {
     pub file: Arc<dyn LogFile>,
     pub live: SegmentLive,
-    /// The highest scope (`segment_max`) of the tombstones the segment holds: `Some(None)` if it
-    /// holds none, `None` if that is not known (its records were not all seen since the log was
-    /// opened). Compaction skips reading a dead segment whose tombstones can delete nothing.
-    pub tombstone_reach: Option<Option<u64>>,
+    /// What is known of the segment's records because every one of them was appended or
+    /// replayed since the log was opened; `None` otherwise (it is then read to find out).
+    pub seen: Option<Seen>,
+}
+
+/// Facts about a segment's records that spare compaction from reading it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Seen {
+    /// The highest scope (`segment_max`) of the tombstones it holds, if it holds any.
+    pub tombstone_reach: Option<u64>,
+    /// How many of its live records are definitions (kv puts): those can be found through the
+    /// index without reading the segment.
+    pub kv_live: u64,
 }
 
 impl SegmentState {
@@ -57,14 +66,14 @@ impl SegmentState {
         SegmentState {
             file,
             live: SegmentLive::default(),
-            tombstone_reach: Some(None),
+            seen: Some(Seen::default()),
         }
     }
 
     /// Notes that record `op` is in this segment.
     pub fn note(&mut self, op: &LogOp) {
-        if let (Some(reach), Some(scope)) = (&mut self.tombstone_reach, op.scope()) {
-            *reach = (*reach).max(Some(scope));
+        if let (Some(seen), Some(scope)) = (&mut self.seen, op.scope()) {
+            seen.tombstone_reach = seen.tombstone_reach.max(Some(scope));
         }
     }
 }
@@ -438,12 +447,22 @@ impl LogState {
     fn account(&mut self, stream: u64, seq: u64, location: &Location, live: bool) {
         let bytes = u64::from(location.frame_bytes);
         if let Some(segment) = self.segments.get_mut(&location.segment) {
+            let kv = match &mut segment.seen {
+                Some(seen) if stream == StreamId::DEFINITIONS.0 => Some(&mut seen.kv_live),
+                _ => None,
+            };
             if live {
                 segment.live.records += 1;
                 segment.live.bytes += bytes;
+                if let Some(kv) = kv {
+                    *kv += 1;
+                }
             } else {
                 segment.live.records = segment.live.records.saturating_sub(1);
                 segment.live.bytes = segment.live.bytes.saturating_sub(bytes);
+                if let Some(kv) = kv {
+                    *kv = kv.saturating_sub(1);
+                }
             }
         }
         let entry = self.streams.entry(stream).or_default();
