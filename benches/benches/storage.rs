@@ -40,7 +40,7 @@ fn record_encode(c: &mut Criterion) {
         group.bench_function(BenchmarkId::from_parameter(size), |b| {
             b.iter(|| {
                 out.clear();
-                record::encode_into(&mut out, &header, &payload);
+                record::encode_into(&mut out, &header, &[&payload]);
                 out.len()
             })
         });

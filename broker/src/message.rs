@@ -86,8 +86,18 @@ const RECORD_VERSION: u8 = 1;
 
 impl StoredMessage {
     pub fn encode(&self) -> BytesMut {
+        let mut buf = self.encode_head();
+        buf.extend_from_slice(&self.message.body);
+        buf
+    }
+
+    /// The record without the body, which follows it: `encode` is this then the body. Lets the
+    /// store write a large body into the log without joining it to its head first.
+    pub fn encode_head(&self) -> BytesMut {
         let m = &self.message;
-        let mut buf = BytesMut::with_capacity(32 + m.properties.len() + m.body.len());
+        let mut buf = BytesMut::with_capacity(
+            32 + m.exchange.len() + m.routing_key.len() + m.properties.len(),
+        );
         let mut w = Writer::new(&mut buf);
         w.u8(RECORD_VERSION);
         w.u8(u8::from(self.transient));
@@ -95,7 +105,6 @@ impl StoredMessage {
         w.short_str(&m.exchange);
         w.short_str(&m.routing_key);
         w.long_str(&m.properties);
-        w.raw(&m.body);
         buf
     }
 

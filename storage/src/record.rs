@@ -105,15 +105,22 @@ fn len_check(payload_len: u32) -> u32 {
 
 /// Appends one record frame to `out`. The caller guarantees `payload.len()` fits the configured
 /// maximum.
-pub fn encode_into(out: &mut Vec<u8>, header: &RecordHeader, payload: &[u8]) {
-    encode_frame(out, header.kind as u8, &header.raw(), payload);
+pub fn encode_into(out: &mut Vec<u8>, header: &RecordHeader, payload: &[&[u8]]) {
+    encode_frame_parts(out, header.kind as u8, &header.raw(), payload);
 }
 
 /// Appends one frame with an arbitrary kind byte to `out`.
 pub fn encode_frame(out: &mut Vec<u8>, kind: u8, header: &RawHeader, payload: &[u8]) {
-    let payload_len = u32::try_from(payload.len()).expect("payload length checked by caller");
+    encode_frame_parts(out, kind, header, &[payload]);
+}
+
+/// Appends one frame whose payload is `parts`, one after the other (so a caller holding a
+/// record in pieces need not join them first).
+pub fn encode_frame_parts(out: &mut Vec<u8>, kind: u8, header: &RawHeader, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let payload_len = u32::try_from(len).expect("payload length checked by caller");
     let start = out.len();
-    let total = frame_bytes(payload.len());
+    let total = frame_bytes(len);
     out.reserve(total);
     out.extend_from_slice(&payload_len.to_le_bytes());
     out.extend_from_slice(&len_check(payload_len).to_le_bytes());
@@ -124,9 +131,11 @@ pub fn encode_frame(out: &mut Vec<u8>, kind: u8, header: &RawHeader, payload: &[
     out.extend_from_slice(&header.durable_lsn.0.to_le_bytes());
     out.extend_from_slice(&header.stream.to_le_bytes());
     out.extend_from_slice(&header.seq.to_le_bytes());
-    out.extend_from_slice(payload);
+    for part in parts {
+        out.extend_from_slice(part);
+    }
     out.resize(start + total, 0);
-    let crc = frame_crc(&out[start..start + HEADER_BYTES + payload.len()]);
+    let crc = frame_crc(&out[start..start + HEADER_BYTES + len]);
     out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -273,7 +282,7 @@ mod tests {
             seq: 1_000_000,
         };
         let mut out = Vec::new();
-        encode_into(&mut out, &header, payload);
+        encode_into(&mut out, &header, &[payload]);
         (header, out)
     }
 
@@ -376,7 +385,9 @@ mod tests {
                 seq,
             };
             let mut out = vec![0xEE; 3]; // frames may follow other bytes in a buffer
-            encode_into(&mut out, &header, &payload);
+            // In two parts: framing pieces must equal framing them joined.
+            let (a, b) = payload.split_at(payload.len() / 2);
+            encode_into(&mut out, &header, &[a, b]);
             match decode(&out[3..], MAX) {
                 Decoded::Frame { header: h, payload: p, frame_bytes: n } => {
                     prop_assert_eq!(h, header);

@@ -233,7 +233,7 @@ mod tests {
             stream: 1,
             seq: lsn,
         };
-        record::encode_into(&mut out, &header, &[lsn as u8; 20]);
+        record::encode_into(&mut out, &header, &[&[lsn as u8; 20]]);
         out
     }
 

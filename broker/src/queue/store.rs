@@ -62,7 +62,9 @@ impl WalStore {
 
 impl MessageStore for WalStore {
     fn append(&self, seq: u64, record: &StoredMessage) -> Result<Lsn, BrokerError> {
-        Ok(self.wal.append(self.stream, seq, &record.encode())?.lsn)
+        let head = record.encode_head();
+        let parts = [&head[..], &record.message.body[..]];
+        Ok(self.wal.append_parts(self.stream, seq, &parts)?.lsn)
     }
 
     fn remove(&self, seqs: &[u64]) -> Result<(), BrokerError> {

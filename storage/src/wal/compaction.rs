@@ -286,7 +286,7 @@ fn move_live_records(
             } else {
                 &[][..]
             };
-            let receipt = frame_locked(shared, &mut state, &op, payload)?;
+            let receipt = frame_locked(shared, &mut state, &op, &[payload])?;
             last_lsn = receipt.lsn;
             if h.kind.is_tombstone() {
                 report.tombstones_moved += 1;

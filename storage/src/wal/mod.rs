@@ -275,12 +275,18 @@ impl Wal {
     /// Appends (or replaces) record `seq` of `stream`. Returns once the record is readable;
     /// it is durable once [`Wal::durable_lsn`] reaches the returned LSN.
     pub fn append(&self, stream: StreamId, seq: u64, payload: &[u8]) -> Result<Receipt> {
+        self.append_parts(stream, seq, &[payload])
+    }
+
+    /// [`Wal::append`] with the payload in pieces, framed one after the other: a caller that
+    /// holds a record as a header and a body saves joining them (a copy of the body).
+    pub fn append_parts(&self, stream: StreamId, seq: u64, parts: &[&[u8]]) -> Result<Receipt> {
         assert_ne!(
             stream,
             StreamId::DEFINITIONS,
             "stream 0 is reserved for definitions"
         );
-        self.append_op(&LogOp::Put { stream, seq }, payload)
+        self.append_op(&LogOp::Put { stream, seq }, parts)
     }
 
     /// Deletes (settles) record `seq` of `stream`. `None` if it was not live: nothing is written.
@@ -631,8 +637,9 @@ impl Wal {
         }
     }
 
-    fn append_op(&self, op: &LogOp, payload: &[u8]) -> Result<Receipt> {
-        let mut state = self.lock_for_append(payload.len())?;
+    fn append_op(&self, op: &LogOp, payload: &[&[u8]]) -> Result<Receipt> {
+        let len = payload.iter().map(|p| p.len()).sum();
+        let mut state = self.lock_for_append(len)?;
         self.append_locked(&mut state, op, payload)
     }
 
@@ -674,7 +681,7 @@ impl Wal {
         &self,
         state: &mut LogState,
         op: &LogOp,
-        put_payload: &[u8],
+        put_payload: &[&[u8]],
     ) -> Result<Receipt> {
         let receipt = frame_locked(&self.shared, state, op, put_payload)?;
         state.apply(self.shared.index.as_ref(), op, receipt.location)?;
@@ -697,21 +704,23 @@ pub(crate) fn frame_locked(
     shared: &Shared,
     state: &mut LogState,
     op: &LogOp,
-    put_payload: &[u8],
+    put_payload: &[&[u8]],
 ) -> Result<Receipt> {
     let (kind, stream, seq, encoded) = op.encode();
+    let encoded = [&encoded[..]];
     let payload = if kind == RecordKind::Put {
         put_payload
     } else {
         &encoded[..]
     };
-    if payload.len() > shared.config.record_bytes_max {
+    let payload_len: usize = payload.iter().map(|p| p.len()).sum();
+    if payload_len > shared.config.record_bytes_max {
         return Err(StorageError::RecordTooLarge {
-            payload_bytes: payload.len(),
+            payload_bytes: payload_len,
             record_bytes_max: shared.config.record_bytes_max,
         });
     }
-    let frame_bytes = record::frame_bytes(payload.len()) as u64;
+    let frame_bytes = record::frame_bytes(payload_len) as u64;
     // Every segment keeps room for its seal after its last record.
     if state.active_len + frame_bytes + segment::SEAL_BYTES as u64 > shared.config.segment_bytes_max
     {

@@ -8,10 +8,12 @@
 //!    behind the new segment's records; each has an LSN below the bound, and the bound is at most
 //!    the new segment's first LSN, so no scan accepts one (see `segment`). At open a retired file
 //!    is adopted again only if the recovered log has reached its bound; any other is removed.
-//! 2. A spare zero-filled ahead of time by the preparer thread (when `prepare_segments` is on
-//!    and no retired file waits), so the new segment's blocks are already written: fdatasync then
-//!    has no extent conversions to commit. It lives under `<segment file name>.prep` until it is
-//!    activated; the next open removes a spare a crash left.
+//! 2. The spare: a file zero-filled ahead of time by the preparer thread (when
+//!    `prepare_segments` is on) whenever there is neither a spare nor a retired file, so the new
+//!    segment's blocks are already written: fdatasync then has no extent conversions to commit.
+//!    It lives under `spare.prep` until a roll takes it; the next open removes a spare a crash
+//!    left. Retired files go first, so zero-filling only happens when compaction cannot keep up
+//!    (a backlog, or the first segments of a new log).
 //! 3. A new file allocated by fallocate (also when preparing failed, for example with ENOSPC).
 //!
 //! Either of the first two is activated the same way: header written and synced, then renamed
@@ -30,25 +32,24 @@ use crate::fs::{FileSystem, LogFile};
 use crate::ids::{Lsn, SegmentId};
 use crate::segment::{self, SegmentHeader};
 
-/// File name suffix of a spare segment.
-pub(crate) const SUFFIX: &str = ".prep";
+/// File name suffix of the spare.
+const SUFFIX: &str = ".prep";
 /// File name suffix of a retired segment kept for reuse.
 const RECYCLABLE_SUFFIX: &str = ".free";
 /// Retired segment files kept for reuse at most; compaction removes the others.
-pub(crate) const RECYCLABLE_MAX: usize = 2;
+pub(crate) const RECYCLABLE_MAX: usize = 4;
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
 /// Pause after a failed preparation before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// A zero-filled, synced spare for segment `segment`.
+/// The zero-filled, synced spare.
 #[derive(Debug)]
 pub(crate) struct Prepared {
-    pub segment: SegmentId,
     pub file: Arc<dyn LogFile>,
 }
 
-fn spare_path(config: &WalConfig, segment: SegmentId) -> PathBuf {
-    config.dir.join(format!("{}{SUFFIX}", segment.file_name()))
+fn spare_path(config: &WalConfig) -> PathBuf {
+    config.dir.join(format!("spare{SUFFIX}"))
 }
 
 /// Where retired segment `segment` waits for reuse; every frame in it has an LSN below `bound`.
@@ -127,45 +128,25 @@ pub(crate) fn adopt_leftovers(
 
 pub(crate) fn run(shared: &Shared) {
     loop {
-        let target = {
+        {
             let mut state = lock(&shared.state);
             loop {
                 if state.closed || state.failure.is_some() {
                     return;
                 }
-                let wanted = SegmentId(state.active.0 + 1);
-                if state.prepared.as_ref().map(|p| p.segment) != Some(wanted)
-                    && state.recyclable.is_empty()
-                {
-                    break wanted;
+                if state.prepared.is_none() && state.recyclable.is_empty() {
+                    break;
                 }
                 state = shared
                     .prepare_wake
                     .wait(state)
                     .unwrap_or_else(|p| p.into_inner());
             }
-        };
-        match prepare(&shared.config, shared.fs.as_ref(), target) {
-            Ok(file) => {
-                let mut state = lock(&shared.state);
-                let stale = if state.active.0 + 1 == target.0 {
-                    state.prepared.replace(Prepared {
-                        segment: target,
-                        file,
-                    })
-                } else {
-                    Some(Prepared {
-                        segment: target,
-                        file,
-                    }) // the log rolled past it meanwhile
-                };
-                drop(state);
-                if let Some(stale) = stale {
-                    discard(&shared.config, shared.fs.as_ref(), stale);
-                }
-            }
+        }
+        match prepare(&shared.config, shared.fs.as_ref()) {
+            Ok(file) => lock(&shared.state).prepared = Some(Prepared { file }),
             Err(error) => {
-                tracing::warn!(segment = target.0, %error, "could not prepare the next segment; the roll will allocate it");
+                tracing::warn!(%error, "could not prepare a spare segment; the roll will allocate one");
                 let state = lock(&shared.state);
                 let _ = shared.prepare_wake.wait_timeout(state, RETRY_AFTER);
             }
@@ -173,12 +154,8 @@ pub(crate) fn run(shared: &Shared) {
     }
 }
 
-fn prepare(
-    config: &WalConfig,
-    fs: &dyn FileSystem,
-    segment: SegmentId,
-) -> Result<Arc<dyn LogFile>> {
-    let path = spare_path(config, segment);
+fn prepare(config: &WalConfig, fs: &dyn FileSystem) -> Result<Arc<dyn LogFile>> {
+    let path = spare_path(config);
     let _ = fs.remove(&path); // a leftover from an earlier attempt
     let file = fs
         .create(&path)
@@ -204,23 +181,14 @@ fn prepare(
     Ok(file)
 }
 
-/// The file for new segment `header.segment`, activated (see the module docs): the prepared
-/// spare, else a retired segment's file, else a new one. Called by the roll, under the state
-/// lock.
+/// The file for new segment `header.segment`, activated (see the module docs): a retired
+/// segment's file, else the spare, else a new one. Called by the roll, under the state lock.
 pub(crate) fn new_segment(
     shared: &Shared,
     state: &mut LogState,
     header: &SegmentHeader,
 ) -> Result<(Arc<dyn LogFile>, u64)> {
     let (config, fs) = (&shared.config, shared.fs.as_ref());
-    match state.prepared.take() {
-        Some(spare) if spare.segment == header.segment => {
-            let path = spare_path(config, spare.segment);
-            return activate(config, fs, &path, spare.file, header);
-        }
-        Some(stale) => discard(config, fs, stale),
-        None => {}
-    }
     while let Some(path) = state.recyclable.pop() {
         match fs.open(&path) {
             Ok(file) => return activate(config, fs, &path, file, header),
@@ -229,6 +197,9 @@ pub(crate) fn new_segment(
                 let _ = fs.remove(&path);
             }
         }
+    }
+    if let Some(spare) = state.prepared.take() {
+        return activate(config, fs, &spare_path(config), spare.file, header);
     }
     super::create_segment(config, fs, header)
 }
@@ -251,8 +222,4 @@ fn activate(
     })()
     .map_err(|e| StorageError::io("activating a prepared segment", &to, e))?;
     Ok((file, bytes.len() as u64))
-}
-
-pub(crate) fn discard(config: &WalConfig, fs: &dyn FileSystem, prepared: Prepared) {
-    let _ = fs.remove(&spare_path(config, prepared.segment));
 }
