@@ -149,12 +149,7 @@ fn move_definitions(
         .collect();
     {
         let state = lock(&shared.state);
-        let layers = state
-            .frozen
-            .iter()
-            .map(|f| &f.kv)
-            .chain(std::iter::once(&state.overlay.kv));
-        for layer in layers {
+        for layer in state.kv_layers() {
             for (key, entry) in layer {
                 if matches!(entry, Some((location, _)) if location.segment == victim) {
                     keys.insert(key.clone());

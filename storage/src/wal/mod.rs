@@ -361,12 +361,7 @@ impl Wal {
             .into_iter()
             .map(|(key, _, value)| (key, value))
             .collect();
-        let layers = state
-            .frozen
-            .iter()
-            .map(|f| &f.kv)
-            .chain(std::iter::once(&state.overlay.kv));
-        for layer in layers {
+        for layer in state.kv_layers() {
             for (key, entry) in layer
                 .range(prefix.to_vec()..)
                 .take_while(|(k, _)| k.starts_with(prefix))

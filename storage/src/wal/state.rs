@@ -20,6 +20,9 @@ use crate::ids::{Location, Lsn, SegmentId, StreamId};
 use crate::index::{Checkpoint, Index, IndexOp, SegmentLive, StreamLive};
 use crate::record::RecordKind;
 
+/// Definitions changed in one overlay: the new location and value, or `None` once deleted.
+pub(crate) type KvLayer = BTreeMap<Vec<u8>, Option<(Location, Vec<u8>)>>;
+
 /// Bytes framed for one segment and not yet written to its file.
 #[derive(Debug)]
 pub(crate) struct Chunk {
@@ -93,7 +96,7 @@ pub(crate) struct Slot {
 #[derive(Debug, Default)]
 pub(crate) struct Overlay {
     pub messages: BTreeMap<(u64, u64), Slot>,
-    pub kv: BTreeMap<Vec<u8>, Option<(Location, Vec<u8>)>>,
+    pub kv: KvLayer,
 }
 
 impl Overlay {
@@ -388,6 +391,15 @@ impl LogState {
             return Ok(slot.location);
         }
         index.get(stream, seq)
+    }
+
+    /// The definitions changed since the last checkpoint: the frozen overlay's, then the
+    /// overlay's (later layers win).
+    pub fn kv_layers(&self) -> impl Iterator<Item = &KvLayer> {
+        self.frozen
+            .iter()
+            .map(|f| &f.kv)
+            .chain(std::iter::once(&self.overlay.kv))
     }
 
     pub fn kv_lookup(&self, index: &dyn Index, key: &[u8]) -> Result<Option<(Location, Vec<u8>)>> {
