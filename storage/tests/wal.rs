@@ -406,25 +406,32 @@ fn retired_segments_are_reused_and_their_old_records_never_come_back() {
             assert!(report.segments_removed >= 5, "round {round}: {report:?}");
             let waiting = retired(&log);
             assert_eq!(waiting.len(), 4, "round {round}: at most four are kept");
-            // The next rolls take them instead of allocating new files. Their old frames
-            // (records of the same stream, some with the same seqs) must never read as live.
-            for _ in 0..150 {
+            // The next rolls (about three) take them instead of allocating new files, so the
+            // active segment is a reused one too. Their old frames (records of the same stream,
+            // some with the same seqs) must never read as live.
+            for _ in 0..70 {
                 log.wal().append(Q1, next, &payload(1, next, 300)).unwrap();
                 next += 1;
             }
             log.wal().sync().unwrap();
+            let left = retired(&log);
             assert!(
-                retired(&log).iter().all(|name| !waiting.contains(name)),
-                "round {round}: a roll reused none of {waiting:?}"
+                left.len() <= 1 && left.iter().all(|name| waiting.contains(name)),
+                "round {round}: the rolls did not take {waiting:?}: {left:?} wait"
             );
             let expected = contents(log.wal(), &[1]);
-            assert_eq!(expected.streams.len(), 155, "round {round}");
+            assert_eq!(expected.streams.len(), 75, "round {round}");
             match round % 3 {
                 0 => log.crash(),
                 1 => log.crash_losing_index(),
                 _ => log.close(),
             }
             log.reopen();
+            if round % 3 == 2 {
+                // The close sealed the log where it ends; without the seal the reused file's
+                // old frames after it would read as a torn tail to truncate.
+                assert!(!log.wal().stats().torn_tail_repaired, "round {round}");
+            }
             assert_eq!(contents(log.wal(), &[1]), expected, "round {round}");
         }
     }

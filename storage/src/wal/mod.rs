@@ -125,6 +125,9 @@ pub struct WalStats {
     /// Bytes of live record frames.
     pub live_bytes: u64,
     pub counters: WalCounters,
+    /// The last open found a torn tail and truncated it: the log was not closed cleanly (a
+    /// clean close seals the log where it ends).
+    pub torn_tail_repaired: bool,
 }
 
 pub(crate) struct Shared {
@@ -558,6 +561,7 @@ impl Wal {
                 .sum(),
             live_bytes: state.live_bytes(),
             counters: state.counters,
+            torn_tail_repaired: state.torn_tail_repaired,
         }
     }
 

@@ -32,6 +32,7 @@ struct Recovery<'a> {
     fs: &'a dyn FileSystem,
     index: &'a dyn Index,
     files: BTreeMap<SegmentId, Arc<dyn LogFile>>,
+    torn_tail_repaired: bool,
 }
 
 pub(crate) fn recover(
@@ -62,6 +63,7 @@ pub(crate) fn recover(
         fs,
         index,
         files,
+        torn_tail_repaired: false,
     };
     let checkpoint = index.load_checkpoint()?;
     let replay_from = checkpoint
@@ -74,6 +76,7 @@ pub(crate) fn recover(
         index.clear()?;
     }
     let mut state = recovery.replay(replay_from.as_ref())?;
+    state.torn_tail_repaired = recovery.torn_tail_repaired;
     state.recyclable = super::preparer::adopt_leftovers(config, fs, &names, state.next_lsn);
     if let Some(cp) = &checkpoint {
         if cp.next_lsn > state.next_lsn {
@@ -155,6 +158,7 @@ impl Recovery<'_> {
             prepared: None,
             recyclable: Vec::new(),
             compaction_due: false,
+            torn_tail_repaired: false,
             counters: WalCounters::default(),
         }
     }
@@ -213,6 +217,7 @@ impl Recovery<'_> {
             lsn = expected.0,
             "truncating the torn tail of the log"
         );
+        self.torn_tail_repaired = true;
         let path = self.config.segment_path(segment);
         let file = self.files[&segment].clone();
         (|| {

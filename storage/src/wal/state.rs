@@ -328,6 +328,8 @@ pub(crate) struct LogState {
     /// kept: the maintenance thread compacts at once rather than at its next interval, so the
     /// rolls that follow find files to reuse.
     pub compaction_due: bool,
+    /// Opening the log truncated a torn tail.
+    pub torn_tail_repaired: bool,
     /// The writer is waiting for work: only then does an append need to wake it (a condvar
     /// notify is a syscall, too dear to pay on every append).
     pub writer_idle: bool,
