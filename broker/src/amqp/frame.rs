@@ -140,6 +140,90 @@ pub fn put_body(buf: &mut BytesMut, channel: u16, body: &[u8], frame_max: usize)
     }
 }
 
+/// Bodies at least this large are sent from the message's own bytes (a vectored write) rather
+/// than copied into the output buffer.
+pub const SHARED_BODY_MIN: usize = 4096;
+
+/// Frames waiting to be written to a socket: a buffer the small frames are encoded into (it
+/// derefs to it), with large bodies between them referenced, not copied. `take` returns the
+/// pieces in order, for one vectored write.
+#[derive(Debug, Default)]
+pub struct Output {
+    buf: BytesMut,
+    pieces: Vec<Bytes>,
+}
+
+impl Output {
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty() && self.pieces.is_empty()
+    }
+
+    /// Appends `bytes` without copying them.
+    fn put_shared(&mut self, bytes: Bytes) {
+        if !self.buf.is_empty() {
+            self.pieces.push(self.buf.split().freeze());
+        }
+        self.pieces.push(bytes);
+    }
+
+    /// Everything appended so far, in order.
+    pub fn take(&mut self) -> Vec<Bytes> {
+        if !self.buf.is_empty() {
+            self.pieces.push(self.buf.split().freeze());
+        }
+        std::mem::take(&mut self.pieces)
+    }
+
+    /// Appends a method with content, as [`put_content`] does, but a large body's frames refer
+    /// to `body` itself.
+    pub fn put_content(
+        &mut self,
+        channel: u16,
+        method: &Method,
+        properties: &Bytes,
+        body: &Bytes,
+        frame_max: usize,
+    ) {
+        if body.len() < SHARED_BODY_MIN {
+            put_content(&mut self.buf, channel, method, properties, body, frame_max);
+            return;
+        }
+        put_method(&mut self.buf, channel, method);
+        put_header(
+            &mut self.buf,
+            channel,
+            &ContentHeader {
+                body_size: body.len() as u64,
+                properties: properties.clone(),
+            },
+        );
+        let chunk_max = (frame_max - FRAME_OVERHEAD).max(1);
+        let mut at = 0;
+        while at < body.len() {
+            let end = body.len().min(at + chunk_max);
+            self.buf.put_u8(FRAME_BODY);
+            self.buf.put_u16(channel);
+            self.buf.put_u32((end - at) as u32);
+            self.put_shared(body.slice(at..end));
+            self.buf.put_u8(FRAME_END);
+            at = end;
+        }
+    }
+}
+
+impl std::ops::Deref for Output {
+    type Target = BytesMut;
+    fn deref(&self) -> &BytesMut {
+        &self.buf
+    }
+}
+
+impl std::ops::DerefMut for Output {
+    fn deref_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+}
+
 /// Appends a method with content: the method, the header and the body frames.
 pub fn put_content(
     buf: &mut BytesMut,

@@ -182,6 +182,47 @@ fn bodies_split_at_frame_max() {
     assert_eq!(total, body.len());
 }
 
+#[test]
+fn output_with_shared_bodies_sends_the_same_bytes_as_copying_them() {
+    let deliver: Method = method::BasicDeliver {
+        consumer_tag: ShortStr::from_static("c"),
+        delivery_tag: 9,
+        redelivered: false,
+        exchange: ShortStr::from_static(""),
+        routing_key: ShortStr::from_static("q"),
+    }
+    .into();
+    let properties = Bytes::from_static(&[0, 0]);
+    for (len, frame_max) in [
+        (0, 4096),
+        (100, 4096),
+        (4096, 4096),
+        (10_000, 4096),
+        (70_000, 131_072),
+    ] {
+        let body = Bytes::from((0..len).map(|i| i as u8).collect::<Vec<u8>>());
+        let mut copied = BytesMut::new();
+        frame::put_content(&mut copied, 3, &deliver, &properties, &body, frame_max);
+        frame::put_heartbeat(&mut copied);
+        let mut out = frame::Output::default();
+        out.put_content(3, &deliver, &properties, &body, frame_max);
+        frame::put_heartbeat(&mut out);
+        let pieces = out.take();
+        if len >= frame::SHARED_BODY_MIN {
+            assert!(
+                pieces.len() > 1,
+                "a {len}-byte body is referenced, not copied"
+            );
+        }
+        assert_eq!(
+            pieces.concat(),
+            copied.to_vec(),
+            "{len} bytes, frame_max {frame_max}"
+        );
+        assert!(out.is_empty() && out.take().is_empty());
+    }
+}
+
 mod oracle {
     //! amq-protocol encodes, we decode; we encode, amq-protocol decodes.
     use super::*;

@@ -799,8 +799,7 @@ impl Connection {
             routing_key: message.routing_key.clone(),
         }
         .into();
-        frame::put_content(
-            &mut self.out,
+        self.out.put_content(
             id,
             &method,
             &message.properties,
@@ -900,8 +899,7 @@ impl Connection {
                     message_count: delivery.message_count,
                 }
                 .into();
-                frame::put_content(
-                    &mut self.out,
+                self.out.put_content(
                     id,
                     &method,
                     &delivery.message.properties,
@@ -1012,8 +1010,7 @@ impl Connection {
             routing_key: delivery.message.routing_key.clone(),
         }
         .into();
-        frame::put_content(
-            &mut self.out,
+        self.out.put_content(
             owner.channel,
             &method,
             &delivery.message.properties,
@@ -1054,8 +1051,7 @@ impl Connection {
             routing_key: message.routing_key.clone(),
         }
         .into();
-        frame::put_content(
-            &mut self.out,
+        self.out.put_content(
             owner.channel,
             &method,
             &message.properties,

@@ -54,7 +54,8 @@ struct CreditReturn {
 
 #[derive(Debug)]
 struct OutChunk {
-    bytes: Bytes,
+    /// Written in order, with one vectored write (large bodies are their messages' own bytes).
+    pieces: Vec<Bytes>,
     credits: Vec<CreditReturn>,
 }
 
@@ -84,7 +85,7 @@ pub struct Connection {
     capabilities: ClientCapabilities,
     channels: HashMap<u16, Channel>,
     epoch: u32,
-    out: BytesMut,
+    out: frame::Output,
     credits: Vec<CreditReturn>,
     writer: mpsc::UnboundedSender<OutChunk>,
     events: EventSender,
@@ -170,7 +171,7 @@ async fn serve_in_span(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr,
         capabilities: opened.capabilities,
         channels: HashMap::new(),
         epoch: 0,
-        out: BytesMut::with_capacity(64 * 1024),
+        out: frame::Output::default(),
         credits: Vec::new(),
         writer: out_tx,
         events: events_tx,
@@ -456,28 +457,54 @@ async fn handshake(
     })
 }
 
+/// Writes every piece, in order, with as few `writev` calls as the socket allows.
+async fn write_all_vectored(writer: &mut OwnedWriteHalf, pieces: &[&Bytes]) -> std::io::Result<()> {
+    /// Slices per call (Linux takes at most 1024).
+    const SLICES_MAX: usize = 256;
+    let (mut piece, mut offset) = (0, 0);
+    while piece < pieces.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = pieces[piece..]
+            .iter()
+            .take(SLICES_MAX)
+            .enumerate()
+            .map(|(i, p)| std::io::IoSlice::new(if i == 0 { &p[offset..] } else { &p[..] }))
+            .collect();
+        let mut written = writer.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while piece < pieces.len() && written >= pieces[piece].len() - offset {
+            written -= pieces[piece].len() - offset;
+            piece += 1;
+            offset = 0;
+        }
+        offset += written;
+    }
+    Ok(())
+}
+
 async fn write_loop(
     mut writer: OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<OutChunk>,
     stats: Arc<ConnectionStats>,
 ) {
-    let mut batch = Vec::new();
+    let mut batch: Vec<OutChunk> = Vec::new();
+    let size = |chunk: &OutChunk| chunk.pieces.iter().map(Bytes::len).sum::<usize>();
     while let Some(first) = rx.recv().await {
+        let mut bytes = size(&first);
         batch.push(first);
-        let mut bytes = batch[0].bytes.len();
         while bytes < 1 << 20 {
             match rx.try_recv() {
                 Ok(chunk) => {
-                    bytes += chunk.bytes.len();
+                    bytes += size(&chunk);
                     batch.push(chunk);
                 }
                 Err(_) => break,
             }
         }
-        for chunk in &batch {
-            if writer.write_all(&chunk.bytes).await.is_err() {
-                return;
-            }
+        let pieces: Vec<&Bytes> = batch.iter().flat_map(|c| &c.pieces).collect();
+        if write_all_vectored(&mut writer, &pieces).await.is_err() {
+            return;
         }
         ConnectionStats::add(&stats.sent_bytes, bytes as u64);
         for chunk in batch.drain(..) {
@@ -613,7 +640,7 @@ impl Connection {
             return;
         }
         let chunk = OutChunk {
-            bytes: self.out.split().freeze(),
+            pieces: self.out.take(),
             credits: std::mem::take(&mut self.credits),
         };
         let _ = self.writer.send(chunk);
