@@ -473,6 +473,49 @@ fn compaction_moves_definitions_out_of_a_dead_segment_without_reading_it() {
 }
 
 #[test]
+fn reading_a_stream_from_any_point_with_a_limit_merges_the_index_and_the_changes_since() {
+    let mut config = small_config("/data");
+    config.segment_bytes_max = 1 << 20;
+    config.checkpoint_ops_max = 100_000; // the changes below stay in the overlay
+    let log = SimLog::open(12, config);
+    let wal = log.wal();
+    let mut model = std::collections::BTreeMap::new();
+    for seq in 0..3000u64 {
+        wal.append(Q1, seq, &payload(1, seq, 20)).unwrap();
+        model.insert(seq, payload(1, seq, 20));
+    }
+    wal.sync().unwrap();
+    wal.checkpoint().unwrap(); // these now live in the index
+                               // Since the checkpoint: deletions hiding index entries, replacements, new records.
+    for seq in (0..3000u64).filter(|s| s % 3 == 0 || (1000..2500).contains(s)) {
+        wal.delete(Q1, seq).unwrap();
+        model.remove(&seq);
+    }
+    for seq in (0..3000u64).step_by(7).chain(3000..3400) {
+        wal.append(Q1, seq, &payload(1, seq + 1, 20)).unwrap();
+        model.insert(seq, payload(1, seq + 1, 20));
+    }
+    for (from, limit) in [
+        (0, 1),
+        (0, 100),
+        (999, 5),
+        (1000, 50),
+        (1100, 1),
+        (2400, 200),
+        (3399, 3),
+        (0, usize::MAX),
+    ] {
+        let got = wal.read_stream(Q1, from, limit).unwrap();
+        let want: Vec<(u64, Vec<u8>)> = model
+            .range(from..)
+            .take(limit)
+            .map(|(seq, value)| (*seq, value.clone()))
+            .collect();
+        assert_eq!(got, want, "from {from}, limit {limit}");
+    }
+}
+
+#[test]
 fn a_retired_segment_newer_than_the_recovered_log_is_removed_not_reused() {
     let mut log = SimLog::open(5, small_config("/data"));
     for seq in 0..60 {

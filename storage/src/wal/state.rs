@@ -427,35 +427,35 @@ impl LogState {
         if from >= to || limit == 0 {
             return Ok(Vec::new());
         }
-        let layers: Vec<&BTreeMap<(u64, u64), Slot>> = self
-            .frozen
-            .iter()
-            .map(|f| &f.messages)
-            .chain(std::iter::once(&self.overlay.messages))
-            .collect();
-        // Deletions in the overlays may hide index entries: ask the index for that many more.
-        let hidden: usize = layers
-            .iter()
-            .map(|layer| {
-                layer
-                    .range((stream.0, from)..(stream.0, to))
-                    .filter(|(_, slot)| slot.location.is_none())
-                    .count()
-            })
-            .sum();
-        let mut merged: BTreeMap<u64, Location> = index
-            .range(stream, from, to, limit.saturating_add(hidden))?
-            .into_iter()
-            .collect();
-        for layer in layers {
-            for (&(_, seq), slot) in layer.range((stream.0, from)..(stream.0, to)) {
-                match slot.location {
-                    Some(location) => merged.insert(seq, location),
-                    None => merged.remove(&seq),
-                };
+        // A merge of the three layers in seq order (the overlay wins over the frozen overlay,
+        // which wins over the index) that stops at `limit` live entries: the work is bounded by
+        // what is returned (and the deletions passed on the way), not by the overlay's size. A
+        // queue reading its next messages back from the log asks for a few hundred from an
+        // overlay that may hold a checkpoint's worth of entries.
+        let range = (stream.0, from)..(stream.0, to);
+        let mut newest = layer_range(Some(&self.overlay.messages), range.clone());
+        let mut frozen = layer_range(self.frozen.as_ref().map(|f| &f.messages), range);
+        let mut below = IndexPages::new(index, stream, from, to, limit.min(INDEX_PAGE_MAX));
+        let mut out = Vec::new();
+        loop {
+            let heads = [
+                newest.peek().map(|(seq, _)| *seq),
+                frozen.peek().map(|(seq, _)| *seq),
+                below.peek()?.map(|(seq, _)| seq),
+            ];
+            let Some(seq) = heads.iter().flatten().min().copied() else {
+                return Ok(out);
+            };
+            let from_index = below.next_if_seq(seq)?.map(|(_, location)| Some(location));
+            let from_frozen = frozen.next_if(|(s, _)| *s == seq).map(|(_, l)| l);
+            let from_newest = newest.next_if(|(s, _)| *s == seq).map(|(_, l)| l);
+            if let Some(location) = from_newest.or(from_frozen).or(from_index).flatten() {
+                out.push((seq, location));
+                if out.len() == limit {
+                    return Ok(out);
+                }
             }
         }
-        Ok(merged.into_iter().take(limit).collect())
     }
 
     fn account(&mut self, stream: u64, seq: u64, location: &Location, live: bool) {
@@ -635,5 +635,68 @@ impl LogState {
             .partition(|(lsn, _)| *lsn <= durable);
         self.waiters = waiting;
         ready
+    }
+}
+
+/// One overlay layer's slots in `range`, as (seq, location or deleted), in seq order.
+fn layer_range(
+    slots: Option<&BTreeMap<(u64, u64), Slot>>,
+    range: std::ops::Range<(u64, u64)>,
+) -> std::iter::Peekable<impl Iterator<Item = (u64, Option<Location>)> + '_> {
+    slots
+        .into_iter()
+        .flat_map(move |slots| slots.range(range.clone()))
+        .map(|(&(_, seq), slot)| (seq, slot.location))
+        .peekable()
+}
+
+/// Index entries read ahead per call to the index while merging (see `live_range`).
+const INDEX_PAGE_MAX: usize = 1024;
+
+/// A stream's index entries in `[from, to)`, in seq order, read a page at a time.
+struct IndexPages<'a> {
+    index: &'a dyn Index,
+    stream: StreamId,
+    next_from: u64,
+    to: u64,
+    page: usize,
+    buffered: std::collections::VecDeque<(u64, Location)>,
+    exhausted: bool,
+}
+
+impl<'a> IndexPages<'a> {
+    fn new(index: &'a dyn Index, stream: StreamId, from: u64, to: u64, page: usize) -> Self {
+        IndexPages {
+            index,
+            stream,
+            next_from: from,
+            to,
+            page: page.max(1),
+            buffered: std::collections::VecDeque::new(),
+            exhausted: false,
+        }
+    }
+
+    fn peek(&mut self) -> Result<Option<(u64, Location)>> {
+        if self.buffered.is_empty() && !self.exhausted {
+            let page = self
+                .index
+                .range(self.stream, self.next_from, self.to, self.page)?;
+            self.exhausted = page.len() < self.page;
+            if let Some((seq, _)) = page.last() {
+                self.next_from = seq.saturating_add(1);
+                self.exhausted |= self.next_from >= self.to;
+            }
+            self.buffered.extend(page);
+        }
+        Ok(self.buffered.front().copied())
+    }
+
+    /// The next entry if it is for `seq`.
+    fn next_if_seq(&mut self, seq: u64) -> Result<Option<(u64, Location)>> {
+        Ok(match self.peek()? {
+            Some((s, _)) if s == seq => self.buffered.pop_front(),
+            _ => None,
+        })
     }
 }
