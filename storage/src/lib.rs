@@ -16,7 +16,10 @@
 //! # On disk
 //! `DIR/00000000000000000001.wal`, `…2.wal`, …: segment files, each preallocated to
 //! `segment_bytes_max`, starting with a header frame (segment id, first LSN) and followed by
-//! record frames, each 8-byte aligned (layout in [`record`]). `DIR/index/`: the sled index.
+//! record frames, each 8-byte aligned (layout in [`record`]), ended by a seal frame once the
+//! log moves on or closes. `DIR/<segment>.wal.<lsn>.free`: retired segments kept for reuse;
+//! `DIR/spare.prep`: a zero-filled spare (both in `wal/preparer.rs`). `DIR/index/`: the sled
+//! index.
 //!
 //! Records: `put(stream, seq, payload)` stores or replaces a record; `delete(stream, seq)` and
 //! `delete_range(stream, from, to)` remove; `kv_put(key, value)` and `kv_delete(key)` maintain

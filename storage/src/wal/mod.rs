@@ -49,9 +49,10 @@ pub struct WalConfig {
     pub background_maintenance: bool,
     /// Page cache of the sled index.
     pub index_cache_bytes: u64,
-    /// Zero-fill the next segment ahead of time on a background thread. A write into blocks
-    /// that were only fallocated makes each fdatasync also convert extents, which on ext4
-    /// roughly doubles its cost for multi-page batches.
+    /// Zero-fill a spare segment ahead of time on a background thread when no retired segment
+    /// waits to be reused (see `wal/preparer.rs`). A write into blocks that were only
+    /// fallocated makes each fdatasync also convert extents, which on ext4 roughly doubles its
+    /// cost for multi-page batches.
     pub prepare_segments: bool,
     /// Longest time the writer waits, under load only, for a batch to fill (see `wal/writer.rs`);
     /// 0 disables the wait.
@@ -599,12 +600,10 @@ impl Wal {
     /// [`Wal::sync`] when stopping.
     pub fn seal(&self) -> Result<()> {
         let mut state = self.lock_for_append(0)?;
-        let (active, end) = (state.active, state.active_len);
-        let seal = segment::encode_seal(active, state.next_lsn, state.durable_lsn);
         // The batch being written now does not hold the seal; the next one does.
         let written_by = state.counters.batches + 1 + u64::from(!state.inflight.is_empty());
-        pending_chunk(&mut state, active, end).extend_from_slice(&seal);
-        state.pending_bytes += seal.len();
+        let (active, end) = (state.active, state.active_len);
+        queue_seal(&mut state, active, end);
         if state.writer_idle {
             state.writer_idle = false;
             self.shared.writer_wake.notify_one();
@@ -785,6 +784,13 @@ fn pending_chunk(state: &mut LogState, segment: SegmentId, offset: u64) -> &mut 
     &mut state.pending.last_mut().expect("chunk pushed above").bytes
 }
 
+/// Queues the seal that ends `segment` at `end` (the next LSN due is the one it names).
+fn queue_seal(state: &mut LogState, segment: SegmentId, end: u64) {
+    let seal = segment::encode_seal(segment, state.next_lsn, state.durable_lsn);
+    pending_chunk(state, segment, end).extend_from_slice(&seal);
+    state.pending_bytes += seal.len();
+}
+
 /// Creates the next segment (preallocated, header written and synced, directory entry synced)
 /// and queues the seal of the one it follows, which the writer writes with that segment's last
 /// records. ENOSPC here fails the append that needed the space and leaves everything as it was.
@@ -798,9 +804,7 @@ fn roll_locked(shared: &Shared, state: &mut LogState) -> Result<()> {
     let (file, header_bytes) = preparer::new_segment(shared, state, &header)?;
     shared.prepare_wake.notify_one();
     let (sealed, sealed_len) = (state.active, state.active_len);
-    let seal = segment::encode_seal(sealed, state.next_lsn, state.durable_lsn);
-    pending_chunk(state, sealed, sealed_len).extend_from_slice(&seal);
-    state.pending_bytes += seal.len();
+    queue_seal(state, sealed, sealed_len);
     state.segments.insert(next, state::SegmentState::new(file));
     if state.recyclable.len() < preparer::RECYCLABLE_MAX
         && state

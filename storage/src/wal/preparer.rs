@@ -89,7 +89,6 @@ pub(crate) fn retire(shared: &Shared, segment: SegmentId) -> Result<()> {
         .rename(&path, &recyclable)
         .map_err(|e| StorageError::io("retiring a compacted segment", &path, e))?;
     lock(&shared.state).recyclable.push(recyclable);
-    shared.prepare_wake.notify_one();
     Ok(())
 }
 

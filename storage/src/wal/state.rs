@@ -320,7 +320,7 @@ pub(crate) struct LogState {
     /// Set when a write or sync failed: the log accepts nothing more.
     pub failure: Option<&'static str>,
     pub closed: bool,
-    /// The next segment, zero-filled ahead of time by the preparer.
+    /// The spare segment file, zero-filled ahead of time by the preparer.
     pub prepared: Option<super::preparer::Prepared>,
     /// Retired segment files kept for reuse as spares (see `wal::preparer`).
     pub recyclable: Vec<std::path::PathBuf>,
