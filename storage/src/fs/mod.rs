@@ -21,12 +21,28 @@ use std::sync::Arc;
 pub use real::RealFs;
 pub use sim::{SimFs, SimFsOptions};
 
+/// Alignment of offset, length and memory of a direct write: the page size, a multiple of every
+/// logical block size Linux supports for O_DIRECT.
+pub const DIRECT_ALIGN: usize = 4096;
+
 /// One open file of the log.
 pub trait LogFile: Send + Sync + Debug {
     /// Reads exactly `buf.len()` bytes at `offset`; `UnexpectedEof` if the file is shorter.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Writes all of `buf` at `offset`.
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Whether [`LogFile::write_direct_at`] bypasses the page cache (the file is also open with
+    /// O_DIRECT). When false the engine writes with `write_all_at` only.
+    fn direct(&self) -> bool {
+        false
+    }
+    /// Writes all of `buf` at `offset` from the caller's memory straight to the device
+    /// (O_DIRECT): `offset`, `buf.len()` and `buf`'s address must be multiples of
+    /// [`DIRECT_ALIGN`]. Durability is as for `write_all_at` (only after `sync_data`); reads see
+    /// the bytes at once.
+    fn write_direct_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.write_all_at(buf, offset)
+    }
     /// fdatasync: every byte written before the call is durable when it returns `Ok`.
     fn sync_data(&self) -> io::Result<()>;
     /// Current length of the file in bytes.

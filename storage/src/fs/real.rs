@@ -2,8 +2,9 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::{FileSystem, LogFile};
@@ -14,6 +15,26 @@ pub struct RealFs;
 #[derive(Debug)]
 struct RealFile {
     file: File,
+    /// The same file opened with O_DIRECT, if the file system allows it; cleared (to buffered
+    /// writes) if a direct write is refused with EINVAL.
+    direct: Option<File>,
+    direct_refused: AtomicBool,
+}
+
+impl RealFile {
+    fn new(file: File, path: &Path) -> RealFile {
+        let direct = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+            .open(path)
+            .ok();
+        RealFile {
+            file,
+            direct,
+            direct_refused: AtomicBool::new(false),
+        }
+    }
 }
 
 impl LogFile for RealFile {
@@ -23,6 +44,26 @@ impl LogFile for RealFile {
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.file.write_all_at(buf, offset)
+    }
+
+    fn direct(&self) -> bool {
+        self.direct.is_some() && !self.direct_refused.load(Ordering::Relaxed)
+    }
+
+    fn write_direct_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let Some(direct) = self.direct.as_ref().filter(|_| self.direct()) else {
+            return self.file.write_all_at(buf, offset);
+        };
+        match direct.write_all_at(buf, offset) {
+            // Some file systems open with O_DIRECT but refuse the write (alignment rules of their
+            // own): the same bytes through the page cache are as good.
+            Err(error) if error.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                tracing::warn!(%error, "direct write refused; writing this file through the page cache");
+                self.direct_refused.store(true, Ordering::Relaxed);
+                self.file.write_all_at(buf, offset)
+            }
+            other => other,
+        }
     }
 
     fn sync_data(&self) -> io::Result<()> {
@@ -73,7 +114,7 @@ impl FileSystem for RealFs {
 
     fn open(&self, path: &Path) -> io::Result<Arc<dyn LogFile>> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
-        Ok(Arc::new(RealFile { file }))
+        Ok(Arc::new(RealFile::new(file, path)))
     }
 
     fn create(&self, path: &Path) -> io::Result<Arc<dyn LogFile>> {
@@ -82,7 +123,7 @@ impl FileSystem for RealFs {
             .write(true)
             .create_new(true)
             .open(path)?;
-        Ok(Arc::new(RealFile { file }))
+        Ok(Arc::new(RealFile::new(file, path)))
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {

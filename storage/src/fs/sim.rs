@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{FileSystem, LogFile};
+use super::{FileSystem, LogFile, DIRECT_ALIGN};
 
 #[derive(Clone, Debug)]
 pub struct SimFsOptions {
@@ -43,6 +43,8 @@ impl SimFsOptions {
 pub struct SimCounters {
     pub read_bytes: u64,
     pub writes: u64,
+    /// Writes made through `write_direct_at` (also counted in `writes`).
+    pub direct_writes: u64,
     pub syncs: u64,
     pub dir_syncs: u64,
 }
@@ -309,6 +311,23 @@ impl LogFile for SimFile {
         data.current[offset as usize..end as usize].copy_from_slice(buf);
         data.mark_dirty(state.sector_bytes, offset as usize, end as usize);
         Ok(())
+    }
+
+    fn direct(&self) -> bool {
+        true
+    }
+
+    /// As `write_all_at`, after checking what O_DIRECT demands, so that a misaligned direct
+    /// write fails the tests the way the kernel would fail it (EINVAL).
+    fn write_direct_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if offset % DIRECT_ALIGN as u64 != 0
+            || buf.len() % DIRECT_ALIGN != 0
+            || buf.as_ptr().align_offset(DIRECT_ALIGN) != 0
+        {
+            return Err(errno(rustix::io::Errno::INVAL));
+        }
+        lock(&self.fs.state).counters.direct_writes += 1;
+        self.write_all_at(buf, offset)
     }
 
     fn sync_data(&self) -> io::Result<()> {

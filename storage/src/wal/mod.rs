@@ -8,6 +8,7 @@
 //! always taken before the state mutex, never while holding it.
 
 mod checkpoint;
+mod chunk;
 mod compaction;
 pub(crate) mod preparer;
 mod recovery;
@@ -82,6 +83,14 @@ impl WalConfig {
             return Err(StorageError::Config(format!(
                 "segment_bytes_max ({}) must exceed the largest frame ({largest_frame})",
                 self.segment_bytes_max
+            )));
+        }
+        // Direct writes pad a segment's last block: it must end on a block boundary.
+        if self.segment_bytes_max % crate::fs::DIRECT_ALIGN as u64 != 0 {
+            return Err(StorageError::Config(format!(
+                "segment_bytes_max ({}) must be a multiple of {}",
+                self.segment_bytes_max,
+                crate::fs::DIRECT_ALIGN
             )));
         }
         if !(0.0..=1.0).contains(&self.compaction_dead_ratio) {
@@ -745,7 +754,10 @@ pub(crate) fn frame_locked(
     state.pending_last_lsn = header.lsn;
     state.next_lsn = Lsn(header.lsn.0 + 1);
     state.counters.records += 1;
-    if state.writer_idle && state.pending_records >= state.writer_wake_at {
+    if state.writer_idle
+        && (state.pending_records >= state.writer_wake_at
+            || state.pending_bytes >= writer::GATHER_BYTES_ENOUGH)
+    {
         state.writer_idle = false;
         shared.writer_wake.notify_one();
     }
@@ -765,7 +777,7 @@ fn pending_chunk(state: &mut LogState, segment: SegmentId, offset: u64) -> &mut 
     let continues = state
         .pending
         .last()
-        .is_some_and(|c| c.segment == segment && c.offset + c.bytes.len() as u64 == offset);
+        .is_some_and(|c| c.segment == segment && c.end_offset() == offset);
     if !continues {
         let file = state
             .segments
@@ -773,15 +785,18 @@ fn pending_chunk(state: &mut LogState, segment: SegmentId, offset: u64) -> &mut 
             .expect("written segment is open")
             .file
             .clone();
-        let bytes = state.spare_buffers.pop().unwrap_or_default();
-        state.pending.push(Chunk {
+        let buf = state.spare_buffers.pop().unwrap_or_default();
+        let lead = chunk::find_lead(
+            &state.pending,
+            &state.inflight,
+            state.tail.as_ref(),
             segment,
-            file,
             offset,
-            bytes,
-        });
+        );
+        let chunk = Chunk::new(segment, file, offset, buf, lead);
+        state.pending.push(chunk);
     }
-    &mut state.pending.last_mut().expect("chunk pushed above").bytes
+    state.pending.last_mut().expect("chunk pushed above").buf()
 }
 
 /// Queues the seal that ends `segment` at `end` (the next LSN due is the one it names).

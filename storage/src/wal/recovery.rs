@@ -151,6 +151,7 @@ impl Recovery<'_> {
             inflight: Arc::new(Vec::new()),
             waiters: Vec::new(),
             spare_buffers: Vec::new(),
+            tail: None,
             failure: None,
             closed: false,
             writer_idle: false,

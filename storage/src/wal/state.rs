@@ -20,29 +20,10 @@ use crate::ids::{Location, Lsn, SegmentId, StreamId};
 use crate::index::{Checkpoint, Index, IndexOp, SegmentLive, StreamLive};
 use crate::record::RecordKind;
 
+pub(crate) use super::chunk::{Chunk, Tail};
+
 /// Definitions changed in one overlay: the new location and value, or `None` once deleted.
 pub(crate) type KvLayer = BTreeMap<Vec<u8>, Option<(Location, Vec<u8>)>>;
-
-/// Bytes framed for one segment and not yet written to its file.
-#[derive(Debug)]
-pub(crate) struct Chunk {
-    pub segment: SegmentId,
-    pub file: Arc<dyn LogFile>,
-    pub offset: u64,
-    pub bytes: Vec<u8>,
-}
-
-impl Chunk {
-    /// The bytes of `location` if this chunk holds them.
-    pub fn slice(&self, location: &Location) -> Option<&[u8]> {
-        if location.segment != self.segment || location.offset < self.offset {
-            return None;
-        }
-        let start = (location.offset - self.offset) as usize;
-        let end = start + location.frame_bytes as usize;
-        self.bytes.get(start..end)
-    }
-}
 
 #[derive(Debug)]
 pub(crate) struct SegmentState {
@@ -296,6 +277,9 @@ pub struct WalCounters {
     pub batches: u64,
     pub batch_bytes: u64,
     pub syncs: u64,
+    /// Chunks written with O_DIRECT, and through the page cache.
+    pub direct_writes: u64,
+    pub buffered_writes: u64,
 }
 
 pub(crate) struct LogState {
@@ -317,6 +301,8 @@ pub(crate) struct LogState {
     pub inflight: Arc<Vec<Chunk>>,
     pub waiters: Vec<(Lsn, DurableCallback)>,
     pub spare_buffers: Vec<Vec<u8>>,
+    /// The active segment's last written bytes: the lead of its next direct chunk.
+    pub tail: Option<Tail>,
     /// Set when a write or sync failed: the log accepts nothing more.
     pub failure: Option<&'static str>,
     pub closed: bool,

@@ -22,6 +22,9 @@ use crate::ids::Lsn;
 const SPARE_BUFFERS_MAX: usize = 2;
 const SPARE_BUFFER_BYTES_MAX: usize = 16 << 20;
 
+/// Pending bytes after which the writer no longer waits for a batch to fill (see `gather`).
+pub(crate) const GATHER_BYTES_ENOUGH: usize = 256 << 10;
+
 pub(crate) fn run(shared: &Shared) {
     // Records in the last batch, and how long its write and sync took: under load the next
     // batch waits (briefly) to be as large, see `gather`.
@@ -42,16 +45,32 @@ pub(crate) fn run(shared: &Shared) {
                 return; // closed and drained
             }
             state = gather(shared, state, last_batch_records, last_sync);
-            let chunks = Arc::new(std::mem::take(&mut state.pending));
+            let mut chunks = std::mem::take(&mut state.pending);
+            for chunk in &mut chunks {
+                chunk.prepare_write();
+            }
+            let chunks = Arc::new(chunks);
             state.inflight = chunks.clone();
             state.pending_bytes = 0;
             let records = std::mem::take(&mut state.pending_records);
             (chunks, state.pending_last_lsn, records)
         };
         shared.progress.notify_all(); // room for more pending bytes
-        let bytes: usize = chunks.iter().map(|c| c.bytes.len()).sum();
+        let bytes: usize = chunks.iter().map(|c| c.own().len()).sum();
         let started = Instant::now();
-        let outcome = write_and_sync(shared, &chunks);
+        let outcome = write_and_sync(shared, &chunks).and_then(|written| {
+            // The lead of the next chunk of the segment written last.
+            let tail = chunks
+                .last()
+                .map(|c| c.tail())
+                .transpose()
+                .map_err(|error| {
+                    tracing::error!(%error, dir = %shared.config.dir.display(),
+                    "reading back the log's last block failed; the log is poisoned");
+                    "read"
+                })?;
+            Ok((written, tail))
+        });
         last_sync = started.elapsed();
         last_batch_records = records;
         let callbacks: Vec<(Lsn, DurableCallback)>;
@@ -60,11 +79,16 @@ pub(crate) fn run(shared: &Shared) {
             let mut state = lock(&shared.state);
             state.inflight = Arc::new(Vec::new());
             match outcome {
-                Ok(syncs) => {
+                Ok((written, tail)) => {
                     state.durable_lsn = last_lsn;
                     state.counters.batches += 1;
                     state.counters.batch_bytes += bytes as u64;
-                    state.counters.syncs += syncs;
+                    state.counters.syncs += written.syncs;
+                    state.counters.direct_writes += written.direct;
+                    state.counters.buffered_writes += written.buffered;
+                    if let Some(tail) = tail.filter(|t| t.segment == state.active) {
+                        state.tail = Some(tail);
+                    }
                     callbacks = state.take_ready_waiters();
                     failed_action = None;
                 }
@@ -76,11 +100,10 @@ pub(crate) fn run(shared: &Shared) {
             }
             if let Ok(chunks) = Arc::try_unwrap(chunks) {
                 for chunk in chunks {
+                    let buffer = chunk.into_buffer();
                     if state.spare_buffers.len() < SPARE_BUFFERS_MAX
-                        && chunk.bytes.capacity() <= SPARE_BUFFER_BYTES_MAX
+                        && buffer.capacity() <= SPARE_BUFFER_BYTES_MAX
                     {
-                        let mut buffer = chunk.bytes;
-                        buffer.clear();
                         state.spare_buffers.push(buffer);
                     }
                 }
@@ -107,7 +130,10 @@ pub(crate) fn run(shared: &Shared) {
 /// took the first of them at once would sync a tiny batch and leave the rest to wait a whole
 /// sync. So it waits until as many records are pending as the last batch had, or half the last
 /// sync time has passed, whichever comes first (and never longer than `group_commit_wait_us_max`).
-/// After a single-record batch (an idle or lone appender) it never waits.
+/// After a single-record batch (an idle or lone appender) it never waits, and it stops waiting
+/// once `GATHER_BYTES_ENOUGH` are pending: a batch that large costs its bytes more than its sync,
+/// so waiting for more only delays it (64 KiB messages with confirm window 100 ran 10-15 %
+/// slower with the wait). Appenders wake a gathering writer only when one of those is reached.
 fn gather<'a>(
     shared: &'a Shared,
     mut state: MutexGuard<'a, LogState>,
@@ -119,7 +145,11 @@ fn gather<'a>(
         return state;
     }
     let deadline = Instant::now() + (last_sync / 2).min(wait_max);
-    while state.pending_records < last_batch_records && !state.closed {
+    state.writer_wake_at = last_batch_records;
+    while state.pending_records < last_batch_records
+        && state.pending_bytes < GATHER_BYTES_ENOUGH
+        && !state.closed
+    {
         let now = Instant::now();
         if now >= deadline {
             break;
@@ -132,19 +162,35 @@ fn gather<'a>(
             .0;
     }
     state.writer_idle = false;
+    state.writer_wake_at = 1;
     state
 }
 
-/// Writes every chunk, then syncs every segment written. Returns the number of syncs.
-fn write_and_sync(shared: &Shared, chunks: &[Chunk]) -> Result<u64, &'static str> {
+/// What a batch's write did.
+struct Written {
+    syncs: u64,
+    direct: u64,
+    buffered: u64,
+}
+
+/// Writes every chunk, then syncs every segment written.
+fn write_and_sync(shared: &Shared, chunks: &[Chunk]) -> Result<Written, &'static str> {
+    let mut written = Written {
+        syncs: 0,
+        direct: 0,
+        buffered: 0,
+    };
     for chunk in chunks {
-        if let Err(error) = chunk.file.write_all_at(&chunk.bytes, chunk.offset) {
-            tracing::error!(segment = chunk.segment.0, offset = chunk.offset, %error,
-                dir = %shared.config.dir.display(), "log write failed; the log is poisoned");
-            return Err("write");
+        match chunk.write() {
+            Ok(true) => written.direct += 1,
+            Ok(false) => written.buffered += 1,
+            Err(error) => {
+                tracing::error!(segment = chunk.segment.0, offset = chunk.offset, %error,
+                    dir = %shared.config.dir.display(), "log write failed; the log is poisoned");
+                return Err("write");
+            }
         }
     }
-    let mut syncs = 0;
     let mut last_synced = None;
     for chunk in chunks {
         if last_synced == Some(chunk.segment) {
@@ -155,8 +201,8 @@ fn write_and_sync(shared: &Shared, chunks: &[Chunk]) -> Result<u64, &'static str
                 dir = %shared.config.dir.display(), "log fdatasync failed; the log is poisoned");
             return Err("fdatasync");
         }
-        syncs += 1;
+        written.syncs += 1;
         last_synced = Some(chunk.segment);
     }
-    Ok(syncs)
+    Ok(written)
 }
