@@ -58,6 +58,10 @@ pub struct WalConfig {
     /// Longest time the writer waits, under load only, for a batch to fill (see `wal/writer.rs`);
     /// 0 disables the wait.
     pub group_commit_wait_us_max: u64,
+    /// Chunks whose records average at least this many bytes are written with O_DIRECT where
+    /// the file system allows (see `wal/chunk.rs`); smaller ones go through the page cache,
+    /// which keeps a backlog of small messages cheap to read back. 0: every chunk that can.
+    pub direct_record_bytes_min: usize,
 }
 
 impl WalConfig {
@@ -74,6 +78,7 @@ impl WalConfig {
             index_cache_bytes: 16 << 20,
             prepare_segments: true,
             group_commit_wait_us_max: 500,
+            direct_record_bytes_min: 16 << 10,
         }
     }
 
@@ -743,6 +748,7 @@ pub(crate) fn frame_locked(
     let offset = state.active_len;
     let active = state.active;
     record::encode_into(pending_chunk(state, active, offset), &header, payload);
+    state.pending.last_mut().expect("chunk framed into").records += 1;
     state
         .segments
         .get_mut(&active)

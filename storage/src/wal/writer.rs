@@ -47,7 +47,7 @@ pub(crate) fn run(shared: &Shared) {
             state = gather(shared, state, last_batch_records, last_sync);
             let mut chunks = std::mem::take(&mut state.pending);
             for chunk in &mut chunks {
-                chunk.prepare_write();
+                chunk.prepare_write(shared.config.direct_record_bytes_min);
             }
             let chunks = Arc::new(chunks);
             state.inflight = chunks.clone();

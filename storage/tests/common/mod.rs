@@ -19,6 +19,8 @@ pub fn small_config(dir: impl Into<PathBuf>) -> WalConfig {
     // The preparer thread would make the simulated disk's contents depend on thread timing;
     // seeded tests must replay exactly. `tests/wal.rs` covers preparation on its own.
     config.prepare_segments = false;
+    // Direct writes for records of every size, so that the fault and model tests cover them.
+    config.direct_record_bytes_min = 0;
     config
 }
 
