@@ -42,6 +42,8 @@ pub(crate) struct Chunk {
     start: usize,
     /// Index in `buf` after its last own byte, once padded for writing.
     end: Option<usize>,
+    /// Whether `write` goes direct (decided by `prepare_write`).
+    direct: bool,
 }
 
 /// The last bytes written to a segment, from the block boundary at or before its end: the lead
@@ -89,6 +91,7 @@ impl Chunk {
             aligned_at,
             start,
             end: None,
+            direct: false,
         }
     }
 
@@ -142,19 +145,20 @@ impl Chunk {
         self.end = Some(end);
         let small = self.own().len() < direct_record_bytes_min * self.records.max(1) as usize;
         if let Some(at) = self.aligned_at {
+            // The lead stays in the buffer either way, so `tail` finds it without a read.
             if small || self.buf[at..].as_ptr().align_offset(DIRECT_ALIGN) != 0 {
-                self.aligned_at = None;
                 return;
             }
             let padded = at + (end - at).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
             self.buf.resize(padded, 0);
+            self.direct = true;
         }
     }
 
     /// Writes the chunk to its file; true if it went direct.
     pub fn write(&self) -> io::Result<bool> {
         match self.aligned_at {
-            Some(at) if self.end.is_some() => {
+            Some(at) if self.direct => {
                 let from = block_floor(self.offset);
                 self.file.write_direct_at(&self.buf[at..], from)?;
                 Ok(true)
@@ -267,22 +271,20 @@ mod tests {
     #[test]
     fn only_chunks_of_large_records_go_direct_by_default() {
         let (fs, file) = file();
-        let mut small = Chunk::new(SegmentId(1), file.clone(), 0, Vec::new(), Some(&[]));
+        let seg = SegmentId(1);
+        let mut small = Chunk::new(seg, file.clone(), 0, Vec::new(), Some(&[]));
         for _ in 0..40 {
-            small.buf().extend_from_slice(&[1u8; 1024]);
+            small.buf().extend_from_slice(&[1u8; 1000]);
             small.records += 1;
         }
         small.prepare_write(16 << 10);
-        assert!(!small.write().unwrap(), "40 records of 1 KiB: page cache");
-        let lead = small.tail().unwrap();
-        let lead = lead.covering(SegmentId(1), 40 * 1024, 40 * 1024).unwrap();
-        let mut large = Chunk::new(
-            SegmentId(1),
-            file.clone(),
-            40 * 1024,
-            Vec::new(),
-            Some(lead),
+        assert!(
+            !small.write().unwrap(),
+            "40 records of 1000 bytes: page cache"
         );
+        let tail = small.tail().unwrap();
+        let lead = find_lead(&[], &[], Some(&tail), seg, 40_000).unwrap();
+        let mut large = Chunk::new(seg, file.clone(), 40_000, Vec::new(), Some(lead));
         for _ in 0..3 {
             large.buf().extend_from_slice(&[2u8; 20 << 10]);
             large.records += 1;
@@ -290,6 +292,24 @@ mod tests {
         large.prepare_write(16 << 10);
         assert!(large.write().unwrap(), "records of 20 KiB: direct");
         assert_eq!(fs.counters().direct_writes, 1);
+
+        // A chunk of small records keeps its lead: its tail needs no read from the file.
+        let end = large.end_offset();
+        let tail = large.tail().unwrap();
+        let lead = find_lead(&[], &[], Some(&tail), seg, end).unwrap();
+        let mut next = Chunk::new(seg, file.clone(), end, Vec::new(), Some(lead));
+        next.buf().extend_from_slice(&[3u8; 100]);
+        next.records += 1;
+        next.prepare_write(16 << 10);
+        assert!(!next.write().unwrap());
+        let read_before = fs.counters().read_bytes;
+        let tail = next.tail().unwrap();
+        assert_eq!(fs.counters().read_bytes, read_before);
+        assert_eq!(tail.start + tail.bytes.len() as u64, end + 100);
+        let mut back = vec![0u8; end as usize + 100];
+        file.read_exact_at(&mut back, 0).unwrap();
+        assert_eq!(&back[40_000..end as usize], &[2u8; 3 * (20 << 10)][..]);
+        assert_eq!(&back[end as usize..], &[3u8; 100][..]);
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub(crate) fn run(shared: &Shared) {
         let outcome = write_and_sync(shared, &chunks).map(|written| {
             // The lead of the next chunk of the segment written last. Without it that chunk is
             // written through the page cache, so a failed read-back costs only speed.
-            let tail = chunks.last().and_then(|c| match c.tail() {
+            let tail = chunks.last().filter(|c| c.file.direct()).and_then(|c| match c.tail() {
                 Ok(tail) => Some(tail),
                 Err(error) => {
                     tracing::warn!(segment = c.segment.0, %error,
