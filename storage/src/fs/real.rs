@@ -2,10 +2,11 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::{FileSystem, LogFile};
 
@@ -15,25 +16,44 @@ pub struct RealFs;
 #[derive(Debug)]
 struct RealFile {
     file: File,
-    /// The same file opened with O_DIRECT, if the file system allows it; cleared (to buffered
-    /// writes) if a direct write is refused with EINVAL.
-    direct: Option<File>,
+    /// The same file opened with O_DIRECT, on its first direct write (most files never get one:
+    /// sealed segments, retired and spare files; a second descriptor each would halve how many
+    /// segments fit under the open-file limit). `None` inside once that open failed.
+    direct: OnceLock<Option<File>>,
+    /// Set when O_DIRECT cannot be had or a direct write was refused with EINVAL: the file is
+    /// written through the page cache from then on.
     direct_refused: AtomicBool,
 }
 
 impl RealFile {
-    fn new(file: File, path: &Path) -> RealFile {
-        let direct = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-            .open(path)
-            .ok();
+    fn new(file: File) -> RealFile {
         RealFile {
             file,
-            direct,
+            direct: OnceLock::new(),
             direct_refused: AtomicBool::new(false),
         }
+    }
+
+    /// The O_DIRECT descriptor, opened through `/proc/self/fd` so that it is the same file
+    /// whatever it has been renamed to since.
+    fn direct_file(&self) -> Option<&File> {
+        self.direct
+            .get_or_init(|| {
+                let path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+                match OpenOptions::new()
+                    .write(true)
+                    .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+                    .open(&path)
+                {
+                    Ok(file) => Some(file),
+                    Err(error) => {
+                        tracing::info!(%error, "no O_DIRECT for a log file; writing it through the page cache");
+                        self.direct_refused.store(true, Ordering::Relaxed);
+                        None
+                    }
+                }
+            })
+            .as_ref()
     }
 }
 
@@ -47,11 +67,11 @@ impl LogFile for RealFile {
     }
 
     fn direct(&self) -> bool {
-        self.direct.is_some() && !self.direct_refused.load(Ordering::Relaxed)
+        !self.direct_refused.load(Ordering::Relaxed)
     }
 
     fn write_direct_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let Some(direct) = self.direct.as_ref().filter(|_| self.direct()) else {
+        let Some(direct) = self.direct_file().filter(|_| self.direct()) else {
             return self.file.write_all_at(buf, offset);
         };
         match direct.write_all_at(buf, offset) {
@@ -114,7 +134,7 @@ impl FileSystem for RealFs {
 
     fn open(&self, path: &Path) -> io::Result<Arc<dyn LogFile>> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
-        Ok(Arc::new(RealFile::new(file, path)))
+        Ok(Arc::new(RealFile::new(file)))
     }
 
     fn create(&self, path: &Path) -> io::Result<Arc<dyn LogFile>> {
@@ -123,7 +143,7 @@ impl FileSystem for RealFs {
             .write(true)
             .create_new(true)
             .open(path)?;
-        Ok(Arc::new(RealFile::new(file, path)))
+        Ok(Arc::new(RealFile::new(file)))
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
@@ -136,5 +156,47 @@ impl FileSystem for RealFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::DIRECT_ALIGN;
+
+    /// `len` bytes of `fill` at an address aligned for O_DIRECT, inside `storage`.
+    fn aligned(storage: &mut Vec<u8>, len: usize, fill: u8) -> &[u8] {
+        *storage = vec![fill; len + DIRECT_ALIGN];
+        let at = storage.as_ptr().align_offset(DIRECT_ALIGN);
+        &storage[at..at + len]
+    }
+
+    #[test]
+    fn direct_writes_reach_the_file_even_after_a_rename_and_reads_see_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let file = RealFs.create(&a).unwrap();
+        file.allocate(4 * DIRECT_ALIGN as u64).unwrap();
+        let mut storage = Vec::new();
+        file.write_direct_at(aligned(&mut storage, DIRECT_ALIGN, 7), 0)
+            .unwrap();
+        // The O_DIRECT descriptor is opened lazily through /proc/self/fd: it must still be the
+        // same file after a rename (segments are renamed when retired and reused).
+        RealFs.rename(&a, &b).unwrap();
+        file.write_direct_at(
+            aligned(&mut storage, 2 * DIRECT_ALIGN, 9),
+            DIRECT_ALIGN as u64,
+        )
+        .unwrap();
+        file.sync_data().unwrap();
+        let mut back = vec![0u8; 3 * DIRECT_ALIGN];
+        file.read_exact_at(&mut back, 0).unwrap();
+        assert!(back[..DIRECT_ALIGN].iter().all(|&x| x == 7));
+        assert!(back[DIRECT_ALIGN..].iter().all(|&x| x == 9));
+        let reopened = RealFs.open(&b).unwrap();
+        let mut again = vec![0u8; 3 * DIRECT_ALIGN];
+        reopened.read_exact_at(&mut again, 0).unwrap();
+        assert_eq!(again, back);
+        assert!(!a.exists());
     }
 }
