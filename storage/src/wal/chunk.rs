@@ -22,9 +22,14 @@ use std::sync::Arc;
 use crate::fs::{LogFile, DIRECT_ALIGN};
 use crate::ids::{Location, SegmentId};
 
-/// A fresh buffer's capacity: large enough that most batches never grow it (growing may move
-/// it off its alignment).
+/// A fresh buffer's capacity for a chunk written through the page cache.
 const INITIAL_CAPACITY: usize = 256 << 10;
+
+/// The capacity of a buffer for direct writes: large enough that batches seldom grow it (a
+/// 64 KiB message stream with confirm window 100 writes batches of 2-4 MiB; growing may move the
+/// buffer off its alignment and off its huge pages, and such a buffer is replaced by a new one
+/// the next time it is reused, see `Chunk::new`).
+pub(crate) const DIRECT_BUFFER_BYTES: usize = 8 << 20;
 
 #[derive(Debug)]
 pub(crate) struct Chunk {
@@ -45,6 +50,52 @@ pub(crate) struct Chunk {
     /// Whether `write` goes direct (decided by `prepare_write`).
     direct: bool,
 }
+
+/// A new, empty buffer of `DIRECT_BUFFER_BYTES` for direct writes, backed by transparent huge
+/// pages where the kernel has them to give.
+///
+/// The kernel pins every page of a direct write's buffer for the I/O and maps each into the
+/// request; with 4 KiB pages, a 4 MiB batch is a thousand pins and at least four requests (the
+/// virtio disk here takes 254 segments per request). With 2 MiB pages it is a few of each. At
+/// 64 KiB messages the pinning alone (`gup_fast_fallback`) was 5 % of the broker's CPU; with huge
+/// pages, 1.4 %, and throughput rose about a tenth.
+fn direct_buffer() -> Vec<u8> {
+    let mut buf = Vec::with_capacity(DIRECT_BUFFER_BYTES);
+    advise_huge_pages(&mut buf);
+    buf
+}
+
+/// Asks for transparent huge pages over the 2 MiB-aligned part of `buf`'s allocation. It must
+/// be called before the memory is first touched: pages already faulted in stay small.
+#[cfg(target_os = "linux")]
+fn advise_huge_pages(buf: &mut Vec<u8>) {
+    const HUGE_PAGE: usize = 2 << 20;
+    let base = buf.as_mut_ptr();
+    let skip = base.align_offset(HUGE_PAGE);
+    let len = buf.capacity().saturating_sub(skip) / HUGE_PAGE * HUGE_PAGE;
+    if len == 0 {
+        return;
+    }
+    // SAFETY: the range lies inside `buf`'s allocation (`skip + len <= capacity`), which this
+    // process owns. MADV_HUGEPAGE changes only which page size the kernel uses to back the range
+    // when it is touched; it never changes, drops or unmaps memory, so no Rust reference or value
+    // can observe it (unlike MADV_DONTNEED, which is why `madvise` is unsafe in general).
+    #[allow(unsafe_code)]
+    let advised = unsafe {
+        rustix::mm::madvise(
+            base.add(skip).cast(),
+            len,
+            rustix::mm::Advice::LinuxHugepage,
+        )
+    };
+    if let Err(error) = advised {
+        // Only speed depends on it (EINVAL where THP is compiled out).
+        tracing::debug!(%error, "madvise(MADV_HUGEPAGE) on a log buffer failed");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages(_buf: &mut Vec<u8>) {}
 
 /// The last bytes written to a segment, from the block boundary at or before its end: the lead
 /// of the next chunk.
@@ -73,7 +124,9 @@ impl Chunk {
         let mut aligned_at = None;
         if let Some(lead) = lead.filter(|_| file.direct()) {
             debug_assert_eq!(lead.len() as u64, offset - block_floor(offset));
-            buf.reserve(INITIAL_CAPACITY.max(2 * DIRECT_ALIGN));
+            if buf.capacity() != DIRECT_BUFFER_BYTES {
+                buf = direct_buffer();
+            }
             let pad = buf.as_ptr().align_offset(DIRECT_ALIGN);
             buf.resize(pad, 0);
             buf.extend_from_slice(lead);
@@ -310,6 +363,49 @@ mod tests {
         file.read_exact_at(&mut back, 0).unwrap();
         assert_eq!(&back[40_000..end as usize], &[2u8; 3 * (20 << 10)][..]);
         assert_eq!(&back[end as usize..], &[3u8; 100][..]);
+    }
+
+    /// The `AnonHugePages` of the mapping holding `addr`, from /proc/self/smaps.
+    #[cfg(target_os = "linux")]
+    fn anon_huge_kib(addr: usize) -> Option<u64> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        let mut inside = false;
+        for line in smaps.lines() {
+            let range = line
+                .split_whitespace()
+                .next()
+                .and_then(|r| r.split_once('-'));
+            if let Some((from, to)) = range {
+                if let (Ok(from), Ok(to)) = (
+                    usize::from_str_radix(from, 16),
+                    usize::from_str_radix(to, 16),
+                ) {
+                    inside = (from..to).contains(&addr);
+                    continue;
+                }
+            }
+            if let Some(kib) = line.strip_prefix("AnonHugePages:").filter(|_| inside) {
+                return kib.trim().trim_end_matches("kB").trim().parse().ok();
+            }
+        }
+        None
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_direct_chunk_buffer_is_backed_by_huge_pages_where_the_kernel_offers_them() {
+        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled");
+        if thp.map_or(true, |t| t.contains("[never]")) {
+            eprintln!("transparent huge pages are off here; nothing to check");
+            return;
+        }
+        let (_fs, file) = file();
+        let mut c = Chunk::new(SegmentId(1), file, 0, Vec::new(), Some(&[]));
+        assert_eq!(c.buf().capacity(), DIRECT_BUFFER_BYTES);
+        c.buf().extend_from_slice(&vec![5u8; 6 << 20]);
+        let huge_at = c.buf().as_ptr() as usize + c.buf().as_ptr().align_offset(2 << 20);
+        let kib = anon_huge_kib(huge_at).expect("the buffer's mapping is in /proc/self/smaps");
+        assert!(kib >= 2048, "{kib} KiB of huge pages under the buffer");
     }
 
     #[test]
