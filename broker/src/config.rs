@@ -12,6 +12,9 @@ pub struct Config {
     pub node_name: String,
     /// Where the write-ahead log, its index and the definitions live.
     pub data_dir: PathBuf,
+    /// Threads of the async runtime that serves connections and queues; 0 = one fewer than the
+    /// cores available, at least one (see `Config::runtime_worker_threads`).
+    pub worker_threads: usize,
     pub amqp: AmqpConfig,
     pub admin: AdminConfig,
     pub limits: LimitsConfig,
@@ -127,6 +130,7 @@ impl Default for Config {
         Config {
             node_name: format!("warren@{}", hostname()),
             data_dir: PathBuf::from("data"),
+            worker_threads: 0,
             amqp: AmqpConfig::default(),
             admin: AdminConfig::default(),
             limits: LimitsConfig::default(),
@@ -201,6 +205,23 @@ fn hostname() -> String {
 pub struct ConfigError(pub String);
 
 impl Config {
+    /// The runtime's worker threads: `worker_threads` if set, else one fewer than the cores
+    /// available (at least one). The core left over is for the log's writer thread, which
+    /// spends its time in the kernel writing and syncing (and, under load, in the device's
+    /// interrupts); runtime workers on every core contended with it. On 2 cores, measured with
+    /// `warren-perf` against 2 workers: 64 KiB persistent messages 5-10 % faster at about 10 %
+    /// less CPU per message, a fixed 5000 msg/s at 15 % less CPU, 1 KiB and the quorum queue
+    /// unchanged; only transient messages, which never wait on the disk, lost about a tenth of
+    /// their throughput (at a fifth less CPU per message).
+    pub fn runtime_worker_threads(&self) -> usize {
+        if self.worker_threads > 0 {
+            return self.worker_threads;
+        }
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get().saturating_sub(1))
+            .max(1)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let amqp = &self.amqp;
         if amqp.frame_max_bytes < crate::amqp::constants::FRAME_MIN_SIZE {
@@ -236,5 +257,21 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_threads_leave_a_core_to_the_log_writer_unless_set() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut config = Config::default();
+        assert_eq!(config.runtime_worker_threads(), (cores - 1).max(1));
+        config.worker_threads = 3;
+        assert_eq!(config.runtime_worker_threads(), 3);
+        let parsed: Config = toml::from_str("worker_threads = 5").unwrap();
+        assert_eq!(parsed.runtime_worker_threads(), 5);
     }
 }

@@ -46,6 +46,9 @@ struct Args {
     /// A bearer token the admin plane accepts instead of an administrator's credentials.
     #[arg(long, env = "WARREN_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Threads serving connections and queues. Default: one fewer than the cores available.
+    #[arg(long, env = "WARREN_WORKER_THREADS")]
+    worker_threads: Option<usize>,
     /// Run without the admin plane and metrics.
     #[arg(long)]
     no_admin: bool,
@@ -76,6 +79,9 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(listen) = args.listen {
         config.amqp.listen = listen;
+    }
+    if let Some(threads) = args.worker_threads {
+        config.worker_threads = threads;
     }
     if let Some(heartbeat) = args.heartbeat_s {
         config.amqp.heartbeat_s = heartbeat;
@@ -128,7 +134,10 @@ fn main() -> anyhow::Result<()> {
         return local_cluster::run(cluster);
     }
     let config = load_config(&args)?;
+    let worker_threads = config.runtime_worker_threads();
+    tracing::info!(worker_threads, "starting the runtime");
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
         .enable_all()
         .thread_name("warren")
         .build()?;
