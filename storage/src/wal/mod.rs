@@ -747,7 +747,12 @@ pub(crate) fn frame_locked(
     };
     let offset = state.active_len;
     let active = state.active;
-    record::encode_into(pending_chunk(state, active, offset), &header, payload);
+    let large = payload_len >= shared.config.direct_record_bytes_min;
+    record::encode_into(
+        pending_chunk(state, active, offset, large),
+        &header,
+        payload,
+    );
     state.pending.last_mut().expect("chunk framed into").records += 1;
     state
         .segments
@@ -779,7 +784,12 @@ pub(crate) fn frame_locked(
 
 /// The pending buffer that bytes for `segment` at `offset` are appended to: the last chunk if
 /// they continue it, else a new chunk.
-fn pending_chunk(state: &mut LogState, segment: SegmentId, offset: u64) -> &mut Vec<u8> {
+fn pending_chunk(
+    state: &mut LogState,
+    segment: SegmentId,
+    offset: u64,
+    large: bool,
+) -> &mut Vec<u8> {
     let continues = state
         .pending
         .last()
@@ -799,7 +809,7 @@ fn pending_chunk(state: &mut LogState, segment: SegmentId, offset: u64) -> &mut 
             segment,
             offset,
         );
-        let chunk = Chunk::new(segment, file, offset, buf, lead);
+        let chunk = Chunk::new(segment, file, offset, buf, lead, large);
         state.pending.push(chunk);
     }
     state.pending.last_mut().expect("chunk pushed above").buf()
@@ -808,7 +818,7 @@ fn pending_chunk(state: &mut LogState, segment: SegmentId, offset: u64) -> &mut 
 /// Queues the seal that ends `segment` at `end` (the next LSN due is the one it names).
 fn queue_seal(state: &mut LogState, segment: SegmentId, end: u64) {
     let seal = segment::encode_seal(segment, state.next_lsn, state.durable_lsn);
-    pending_chunk(state, segment, end).extend_from_slice(&seal);
+    pending_chunk(state, segment, end, false).extend_from_slice(&seal);
     state.pending_bytes += seal.len();
 }
 
