@@ -22,7 +22,7 @@ use std::sync::Arc;
 use crate::fs::{LogFile, DIRECT_ALIGN};
 use crate::ids::{Location, SegmentId};
 
-/// A fresh buffer's capacity for a chunk written through the page cache.
+/// A fresh buffer's capacity (a chunk that starts with a large record gets a `DIRECT_BUFFER_BYTES` one).
 const INITIAL_CAPACITY: usize = 256 << 10;
 
 /// The capacity of a buffer for direct writes: large enough that batches seldom grow it (a
