@@ -598,3 +598,44 @@ fn a_second_open_of_a_directory_in_use_is_refused_and_touches_nothing() {
     let again = Wal::open_dir(config).unwrap();
     assert_eq!(contents(&again, &[1]), expected, "free again once closed");
 }
+
+/// A new log starts in a zero-filled segment, as every later one is: on ext4, a segment that
+/// was only fallocated holds unwritten extents, and every sync into it converts some and writes
+/// the inode too (`filefrag` shows them). Skipped where `filefrag` or FIEMAP is unavailable.
+#[test]
+fn a_new_log_starts_in_a_segment_with_no_unwritten_extents() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = WalConfig::new(dir.path());
+    config.background_maintenance = false;
+    let wal = Wal::open_dir(config.clone()).unwrap();
+    let segment = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|e| e == "wal"))
+        .expect("a segment file");
+    let output = match std::process::Command::new("filefrag")
+        .arg("-v")
+        .arg(&segment)
+        .output()
+    {
+        Ok(output) if output.status.success() => output,
+        _ => {
+            eprintln!("skipped: filefrag is unavailable or this file system has no FIEMAP");
+            return;
+        }
+    };
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        report.contains("extent"),
+        "unexpected filefrag output: {report}"
+    );
+    assert!(
+        !report.contains("unwritten"),
+        "the first segment has unwritten extents:\n{report}"
+    );
+    assert_eq!(
+        std::fs::metadata(&segment).unwrap().len(),
+        config.segment_bytes_max
+    );
+    drop(wal);
+}

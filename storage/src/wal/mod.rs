@@ -53,7 +53,7 @@ pub struct WalConfig {
     /// Zero-fill a spare segment ahead of time on a background thread when no retired segment
     /// waits to be reused (see `wal/preparer.rs`). A write into blocks that were only
     /// fallocated makes each fdatasync also convert extents, which on ext4 roughly doubles its
-    /// cost for multi-page batches.
+    /// cost for multi-page batches. A new log's first segment is zero-filled at open too.
     pub prepare_segments: bool,
     /// Longest time the writer waits, under load only, for a batch to fill (see `wal/writer.rs`);
     /// 0 disables the wait.

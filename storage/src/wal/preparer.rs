@@ -203,6 +203,28 @@ pub(crate) fn new_segment(
     super::create_segment(config, fs, header)
 }
 
+/// The file for the segment a log starts in at open when it has none to append to (a new log):
+/// zero-filled first when `prepare_segments` is on, as every later segment's is. A log that
+/// starts in a merely fallocated file pays for it on every sync until that segment is full:
+/// each write converts unwritten extents, and the fdatasync then writes the inode as well, a
+/// third disk round trip per batch. At 5000 msg/s that was the whole of a benchmark run, at a
+/// tenth more broker CPU per message and a quarter more p99 latency.
+pub(crate) fn opening_segment(
+    config: &WalConfig,
+    fs: &dyn FileSystem,
+    header: &SegmentHeader,
+) -> Result<(Arc<dyn LogFile>, u64)> {
+    if config.prepare_segments {
+        match prepare(config, fs) {
+            Ok(file) => return activate(config, fs, &spare_path(config), file, header),
+            Err(error) => {
+                tracing::warn!(%error, "could not zero-fill the first segment; allocating it instead");
+            }
+        }
+    }
+    super::create_segment(config, fs, header)
+}
+
 /// Header, sync, rename to the segment's name, directory sync.
 fn activate(
     config: &WalConfig,

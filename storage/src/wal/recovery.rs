@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::state::{LogOp, LogState, Overlay, Seen, SegmentState, WalCounters};
-use super::{create_segment, WalConfig};
+use super::{preparer, WalConfig};
 use crate::error::{Result, StorageError};
 use crate::fs::{FileSystem, LogFile};
 use crate::ids::{Location, Lsn, SegmentId};
@@ -400,7 +400,8 @@ impl Recovery<'_> {
                     first_lsn: state.next_lsn,
                     durable_lsn: state.durable_lsn,
                 };
-                let (file, header_bytes) = create_segment(self.config, self.fs, &header)?;
+                let (file, header_bytes) =
+                    preparer::opening_segment(self.config, self.fs, &header)?;
                 self.files.insert(id, file.clone());
                 state.segments.insert(id, SegmentState::new(file));
                 state.active = id;
