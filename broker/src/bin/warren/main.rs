@@ -134,6 +134,13 @@ fn main() -> anyhow::Result<()> {
         return local_cluster::run(cluster);
     }
     let config = load_config(&args)?;
+    match warren_broker::server::raise_open_files_limit() {
+        Ok((before, after)) if before != after => {
+            tracing::info!(?before, ?after, "raised the open files limit");
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "could not raise the open files limit"),
+    }
     let worker_threads = config.runtime_worker_threads();
     tracing::info!(worker_threads, "starting the runtime");
     let runtime = tokio::runtime::Builder::new_multi_thread()
