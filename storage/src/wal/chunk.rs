@@ -22,14 +22,18 @@ use std::sync::Arc;
 use crate::fs::{LogFile, DIRECT_ALIGN};
 use crate::ids::{Location, SegmentId};
 
-/// A fresh buffer's capacity (a chunk that starts with a large record gets a `DIRECT_BUFFER_BYTES` one).
+/// A fresh buffer's capacity (a chunk with a large record gets a `DIRECT_BUFFER_BYTES` one).
 const INITIAL_CAPACITY: usize = 256 << 10;
 
 /// The capacity of a buffer for direct writes: large enough that batches seldom grow it (a
 /// 64 KiB message stream with confirm window 100 writes batches of 2-4 MiB; growing may move the
 /// buffer off its alignment and off its huge pages, and such a buffer is replaced by a new one
-/// the next time it is reused, see `Chunk::new`).
-pub(crate) const DIRECT_BUFFER_BYTES: usize = 8 << 20;
+/// the next time it is reused, see `Chunk::new`). A chunk starts at its first 2 MiB boundary
+/// (see `lay_out_direct`), which leaves at least 8 MiB.
+pub(crate) const DIRECT_BUFFER_BYTES: usize = 10 << 20;
+
+/// The huge page size the direct buffers are advised onto, and where in them a chunk starts.
+const HUGE_PAGE: usize = 2 << 20;
 
 #[derive(Debug)]
 pub(crate) struct Chunk {
@@ -51,6 +55,66 @@ pub(crate) struct Chunk {
     direct: bool,
 }
 
+/// Lays `buf` out for a direct chunk: its length becomes the index where the chunk's aligned
+/// start goes, which is returned. In a direct buffer that is its first 2 MiB boundary, so the
+/// whole batch lies on huge pages (from the 4 KiB boundary, a batch of 2 MiB lay mostly in the
+/// buffer's head, which is on small pages, and pinning them was 15-20 % of the log writer's
+/// time at 64 KiB messages). The head before it is never written to disk, and is zeroed only
+/// the first time a buffer is used: it is kept as it is when the buffer is reused.
+fn lay_out_direct(buf: &mut Vec<u8>) -> usize {
+    let align = if buf.capacity() == DIRECT_BUFFER_BYTES {
+        HUGE_PAGE
+    } else {
+        DIRECT_ALIGN
+    };
+    let pad = buf.as_ptr().align_offset(align);
+    if buf.len() >= pad {
+        buf.truncate(pad);
+    } else {
+        buf.resize(pad, 0);
+    }
+    pad
+}
+
+/// Own bytes up to which a chunk still moves into a direct buffer when a large record arrives:
+/// the move copies them.
+const MOVE_BYTES_MAX: usize = 64 << 10;
+
+/// Spare buffers kept for reuse, of each kind (direct and ordinary), so steady-state appends
+/// neither allocate nor grow a buffer (growing copies it: with 64 KiB records that was 3 % of
+/// the broker's CPU; a new direct buffer is also a fresh mapping to fault in). Larger ones (left
+/// by a burst) are freed rather than kept. A batch is usually one buffer, two at a roll.
+const SPARE_BUFFERS_MAX: usize = 2;
+const SPARE_BUFFER_BYTES_MAX: usize = 16 << 20;
+
+/// Keeps an emptied buffer for reuse if fewer than `SPARE_BUFFERS_MAX` of its kind are kept
+/// and it is not oversized; frees it otherwise. Counting by kind matters: a chunk that moves
+/// into a direct buffer leaves an ordinary one behind, and ordinary spares must not crowd out
+/// the direct ones (each replaced direct buffer was a new mapping to fault in and pin).
+pub(crate) fn keep_spare(spares: &mut Vec<Vec<u8>>, buf: Vec<u8>) {
+    let direct = buf.capacity() == DIRECT_BUFFER_BYTES;
+    let kept = spares
+        .iter()
+        .filter(|b| (b.capacity() == DIRECT_BUFFER_BYTES) == direct)
+        .count();
+    if kept < SPARE_BUFFERS_MAX && buf.capacity() <= SPARE_BUFFER_BYTES_MAX {
+        spares.push(buf);
+    }
+}
+
+/// A spare buffer of the kind a chunk wants (a direct one for `large`), taken from `spares`;
+/// else a new one of that kind.
+pub(crate) fn buffer_for(spares: &mut Vec<Vec<u8>>, large: bool) -> Vec<u8> {
+    match spares
+        .iter()
+        .position(|b| (b.capacity() == DIRECT_BUFFER_BYTES) == large)
+    {
+        Some(at) => spares.swap_remove(at),
+        None if large => direct_buffer(),
+        None => Vec::new(),
+    }
+}
+
 /// A new, empty buffer of `DIRECT_BUFFER_BYTES` for direct writes, backed by transparent huge
 /// pages where the kernel has them to give.
 ///
@@ -69,7 +133,6 @@ fn direct_buffer() -> Vec<u8> {
 /// be called before the memory is first touched: pages already faulted in stay small.
 #[cfg(target_os = "linux")]
 fn advise_huge_pages(buf: &mut Vec<u8>) {
-    const HUGE_PAGE: usize = 2 << 20;
     let base = buf.as_mut_ptr();
     let skip = base.align_offset(HUGE_PAGE);
     let len = buf.capacity().saturating_sub(skip) / HUGE_PAGE * HUGE_PAGE;
@@ -125,21 +188,23 @@ impl Chunk {
         lead: Option<&[u8]>,
         large: bool,
     ) -> Chunk {
-        buf.clear();
         let mut aligned_at = None;
         if let Some(lead) = lead.filter(|_| file.direct()) {
             debug_assert_eq!(lead.len() as u64, offset - block_floor(offset));
             if large && buf.capacity() != DIRECT_BUFFER_BYTES {
                 buf = direct_buffer();
-            } else {
+            } else if buf.capacity() != DIRECT_BUFFER_BYTES {
+                buf.clear();
                 buf.reserve(INITIAL_CAPACITY.max(2 * DIRECT_ALIGN));
             }
-            let pad = buf.as_ptr().align_offset(DIRECT_ALIGN);
-            buf.resize(pad, 0);
+            let pad = lay_out_direct(&mut buf);
             buf.extend_from_slice(lead);
             aligned_at = Some(pad);
-        } else if buf.capacity() == 0 {
-            buf.reserve(INITIAL_CAPACITY);
+        } else {
+            buf.clear();
+            if buf.capacity() == 0 {
+                buf.reserve(INITIAL_CAPACITY);
+            }
         }
         let start = buf.len();
         Chunk {
@@ -153,6 +218,32 @@ impl Chunk {
             end: None,
             direct: false,
         }
+    }
+
+    /// Whether a large record arriving now should move the chunk into a direct buffer (see
+    /// [`Chunk::move_to`]): it is laid out for a direct write, in an ordinary buffer, and holds
+    /// little yet.
+    pub fn wants_direct_buffer(&self) -> bool {
+        self.aligned_at.is_some()
+            && self.end.is_none()
+            && self.buf.capacity() != DIRECT_BUFFER_BYTES
+            && self.own().len() <= MOVE_BYTES_MAX
+    }
+
+    /// Moves the chunk's lead and bytes into `buf` (a direct buffer), returning the buffer it
+    /// was in. A chunk that began with small records (settles, mostly) got an ordinary buffer;
+    /// when large records follow, the batch goes direct from it and its 4 KiB pages cost the
+    /// pinning that huge pages save (at 64 KiB messages, `gup_fast_fallback` was back at 15 % of
+    /// the log writer's time with about half the chunks starting with a settle).
+    pub fn move_to(&mut self, mut buf: Vec<u8>) -> Vec<u8> {
+        let at = self
+            .aligned_at
+            .expect("only a chunk laid out for direct writes moves");
+        let pad = lay_out_direct(&mut buf);
+        buf.extend_from_slice(&self.buf[at..]);
+        self.start = pad + (self.start - at);
+        self.aligned_at = Some(pad);
+        std::mem::replace(&mut self.buf, buf)
     }
 
     /// The buffer records are framed into (at its end).
@@ -251,11 +342,9 @@ impl Chunk {
         })
     }
 
-    /// The buffer, emptied, for reuse.
+    /// The buffer, for reuse (`Chunk::new` empties it, or keeps a direct buffer's head).
     pub fn into_buffer(self) -> Vec<u8> {
-        let mut buf = self.buf;
-        buf.clear();
-        buf
+        self.buf
     }
 }
 
@@ -427,6 +516,40 @@ mod tests {
             small.buf().capacity() < DIRECT_BUFFER_BYTES,
             "a chunk of small records gets an ordinary buffer"
         );
+    }
+
+    #[test]
+    fn a_chunk_of_small_records_moves_into_a_direct_buffer_when_a_large_one_arrives() {
+        let (fs, file) = file();
+        file.write_all_at(&[9u8; 5000], 0).unwrap();
+        let lead = [9u8; 5000 - DIRECT_ALIGN];
+        let mut spares = vec![Vec::with_capacity(1 << 10)];
+        let buf = buffer_for(&mut spares, false);
+        let mut c = Chunk::new(SegmentId(1), file.clone(), 5000, buf, Some(&lead), false);
+        c.buf().extend_from_slice(&[1u8; 40]); // a settle
+        assert!(c.wants_direct_buffer());
+        let old = c.move_to(buffer_for(&mut spares, true));
+        assert!(old.capacity() < DIRECT_BUFFER_BYTES);
+        assert_eq!(c.buf().capacity(), DIRECT_BUFFER_BYTES);
+        assert!(!c.wants_direct_buffer(), "moves once");
+        c.buf().extend_from_slice(&[2u8; 70_000]); // a large record
+        assert_eq!(c.own().len(), 70_040);
+        assert_eq!(
+            c.covering(SegmentId(1), 4096, 5000).unwrap(),
+            &lead[..],
+            "the lead moved with the bytes"
+        );
+        c.prepare_write(16 << 10);
+        assert!(c.write().unwrap(), "written direct");
+        assert_eq!(fs.counters().direct_writes, 1);
+        let mut back = vec![0u8; 75_040];
+        file.read_exact_at(&mut back, 0).unwrap();
+        assert_eq!(&back[..5000], &[9u8; 5000][..]);
+        assert_eq!(&back[5000..5040], &[1u8; 40][..]);
+        assert_eq!(&back[5040..], &[2u8; 70_000][..]);
+        // The ordinary spare went to the chunk of small records; no direct one was spare, so
+        // the move got a new one.
+        assert!(spares.is_empty());
     }
 
     #[test]

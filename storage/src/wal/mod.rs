@@ -801,7 +801,7 @@ fn pending_chunk(
             .expect("written segment is open")
             .file
             .clone();
-        let buf = state.spare_buffers.pop().unwrap_or_default();
+        let buf = chunk::buffer_for(&mut state.spare_buffers, large);
         let lead = chunk::find_lead(
             &state.pending,
             &state.inflight,
@@ -811,6 +811,13 @@ fn pending_chunk(
         );
         let chunk = Chunk::new(segment, file, offset, buf, lead, large);
         state.pending.push(chunk);
+    } else if large {
+        let chunk = state.pending.last_mut().expect("continued above");
+        if chunk.wants_direct_buffer() {
+            let buf = chunk::buffer_for(&mut state.spare_buffers, true);
+            let old = chunk.move_to(buf);
+            chunk::keep_spare(&mut state.spare_buffers, old);
+        }
     }
     state.pending.last_mut().expect("chunk pushed above").buf()
 }

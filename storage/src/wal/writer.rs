@@ -16,12 +16,6 @@ use super::{lock, Shared};
 use crate::error::StorageError;
 use crate::ids::Lsn;
 
-/// Spare buffers kept for reuse, so steady-state appends neither allocate nor grow a buffer
-/// (growing copies it: with 64 KiB records that was 3 % of the broker's CPU); larger ones (left
-/// by a burst) are freed rather than kept. A batch is usually one buffer, two at a roll.
-const SPARE_BUFFERS_MAX: usize = 2;
-const SPARE_BUFFER_BYTES_MAX: usize = 16 << 20;
-
 /// Pending bytes after which the writer no longer waits for a batch to fill (see `gather`).
 pub(crate) const GATHER_BYTES_ENOUGH: usize = 256 << 10;
 
@@ -100,12 +94,7 @@ pub(crate) fn run(shared: &Shared) {
             }
             if let Ok(chunks) = Arc::try_unwrap(chunks) {
                 for chunk in chunks {
-                    let buffer = chunk.into_buffer();
-                    if state.spare_buffers.len() < SPARE_BUFFERS_MAX
-                        && buffer.capacity() <= SPARE_BUFFER_BYTES_MAX
-                    {
-                        state.spare_buffers.push(buffer);
-                    }
+                    super::chunk::keep_spare(&mut state.spare_buffers, chunk.into_buffer());
                 }
             }
         }
