@@ -178,8 +178,19 @@ impl Shared {
                 return Ok(());
             }
             state.check_usable()?;
-            state = self.progress.wait(state).unwrap_or_else(|p| p.into_inner());
+            state = self.wait_progress(state);
         }
+    }
+
+    /// Waits for the durable LSN to move, pending space to free up, or the log to fail.
+    pub(crate) fn wait_progress<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, LogState>,
+    ) -> MutexGuard<'a, LogState> {
+        state.progress_waiters += 1;
+        let mut state = self.progress.wait(state).unwrap_or_else(|p| p.into_inner());
+        state.progress_waiters -= 1;
+        state
     }
 
     /// Takes the state lock once fewer than `pending_bytes_max` bytes wait for the writer.
@@ -190,7 +201,7 @@ impl Shared {
             if state.pending_bytes < self.config.pending_bytes_max {
                 return Ok(state);
             }
-            state = self.progress.wait(state).unwrap_or_else(|p| p.into_inner());
+            state = self.wait_progress(state);
         }
     }
 }
@@ -624,11 +635,7 @@ impl Wal {
         }
         while state.counters.batches < written_by {
             state.check_usable()?;
-            state = self
-                .shared
-                .progress
-                .wait(state)
-                .unwrap_or_else(|p| p.into_inner());
+            state = self.shared.wait_progress(state);
         }
         Ok(())
     }
@@ -681,11 +688,7 @@ impl Wal {
             {
                 return Ok(state);
             }
-            state = self
-                .shared
-                .progress
-                .wait(state)
-                .unwrap_or_else(|p| p.into_inner());
+            state = self.shared.wait_progress(state);
         }
     }
 

@@ -156,6 +156,7 @@ impl Recovery<'_> {
             closed: false,
             writer_idle: false,
             writer_wake_at: 1,
+            progress_waiters: 0,
             prepared: None,
             recyclable: Vec::new(),
             compaction_due: false,

@@ -322,6 +322,10 @@ pub(crate) struct LogState {
     /// While idle, the writer wants waking once this many records are pending (1 when it waits
     /// for any work; more while it gathers a batch).
     pub writer_wake_at: u64,
+    /// Threads waiting on `Shared::progress`: the writer notifies it only when there are some
+    /// (a notify is a futex syscall, two per batch otherwise, with nobody waiting in the steady
+    /// state of a broker, whose appenders never block).
+    pub progress_waiters: u32,
     pub counters: WalCounters,
 }
 

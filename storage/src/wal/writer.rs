@@ -25,7 +25,7 @@ pub(crate) fn run(shared: &Shared) {
     let mut last_batch_records = 0u64;
     let mut last_sync = Duration::ZERO;
     loop {
-        let (chunks, last_lsn, records) = {
+        let (chunks, last_lsn, records, waiting) = {
             let mut state = lock(&shared.state);
             while state.pending.is_empty() && !state.closed {
                 state.writer_idle = true;
@@ -47,9 +47,12 @@ pub(crate) fn run(shared: &Shared) {
             state.inflight = chunks.clone();
             state.pending_bytes = 0;
             let records = std::mem::take(&mut state.pending_records);
-            (chunks, state.pending_last_lsn, records)
+            let waiting = state.progress_waiters > 0;
+            (chunks, state.pending_last_lsn, records, waiting)
         };
-        shared.progress.notify_all(); // room for more pending bytes
+        if waiting {
+            shared.progress.notify_all(); // room for more pending bytes
+        }
         let bytes: usize = chunks.iter().map(|c| c.own().len()).sum();
         let started = Instant::now();
         let outcome = write_and_sync(shared, &chunks).map(|written| {
@@ -69,7 +72,7 @@ pub(crate) fn run(shared: &Shared) {
         last_batch_records = records;
         let callbacks: Vec<(Lsn, DurableCallback)>;
         let failed_action;
-        {
+        let waiting = {
             let mut state = lock(&shared.state);
             state.inflight = Arc::new(Vec::new());
             match outcome {
@@ -97,8 +100,11 @@ pub(crate) fn run(shared: &Shared) {
                     super::chunk::keep_spare(&mut state.spare_buffers, chunk.into_buffer());
                 }
             }
+            state.progress_waiters > 0
+        };
+        if waiting {
+            shared.progress.notify_all();
         }
-        shared.progress.notify_all();
         for (_, callback) in callbacks {
             match failed_action {
                 None => callback(Ok(())),
