@@ -142,6 +142,12 @@ pub fn render(broker: &Broker) -> String {
         broker.wal.stats().disk_bytes,
     );
     t.single(
+        "warren_log_reserve_bytes",
+        "gauge",
+        "Bytes of files the log keeps for reuse beyond its segments (retired segments, the spare).",
+        broker.wal.stats().reserve_bytes,
+    );
+    t.single(
         "warren_alarms_free_disk_space_watermark",
         "gauge",
         "1 while publishers are blocked for lack of disk space.",

@@ -443,6 +443,12 @@ fn retired_segments_are_reused_and_their_old_records_never_come_back() {
             assert!(report.segments_removed >= 5, "round {round}: {report:?}");
             let waiting = retired(&log);
             assert_eq!(waiting.len(), 4, "round {round}: at most four are kept");
+            let stats = log.wal().stats();
+            assert_eq!(
+                (stats.reserve_files, stats.reserve_bytes),
+                (4, 4 * log.config.segment_bytes_max),
+                "round {round}: the retired files are counted"
+            );
             // The next rolls (about three) take them instead of allocating new files, so the
             // active segment is a reused one too. Their old frames (records of the same stream,
             // some with the same seqs) must never read as live.
@@ -456,6 +462,7 @@ fn retired_segments_are_reused_and_their_old_records_never_come_back() {
                 left.len() <= 1 && left.iter().all(|name| waiting.contains(name)),
                 "round {round}: the rolls did not take {waiting:?}: {left:?} wait"
             );
+            assert_eq!(log.wal().stats().reserve_files, left.len(), "round {round}");
             let expected = contents(log.wal(), &[1]);
             assert_eq!(expected.streams.len(), 75, "round {round}");
             match round % 3 {

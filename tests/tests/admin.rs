@@ -808,6 +808,10 @@ async fn metrics_scrape_parses_as_prometheus_text() -> Result<()> {
     );
     assert_eq!(typed["warren_global_messages_received_total"], "counter");
     assert!(samples["warren_process_resident_memory_bytes"] > 0.0);
+    assert!(samples["warren_log_disk_bytes"] > 0.0);
+    // The spare segment may or may not be zero-filled yet: the gauge is there either way.
+    assert_eq!(typed["warren_log_reserve_bytes"], "gauge");
+    assert!(samples.contains_key("warren_log_reserve_bytes"));
     Ok(())
 }
 

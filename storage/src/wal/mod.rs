@@ -137,6 +137,10 @@ pub struct WalStats {
     pub segments: usize,
     /// Bytes the segment files occupy on disk (preallocated to their full size).
     pub disk_bytes: u64,
+    /// Files the log keeps beyond its segments: retired segments waiting to be reused and the
+    /// zero-filled spare (see `wal/preparer.rs`), each of the segment size.
+    pub reserve_files: usize,
+    pub reserve_bytes: u64,
     /// Bytes of live record frames.
     pub live_bytes: u64,
     pub counters: WalCounters,
@@ -576,6 +580,7 @@ impl Wal {
 
     pub fn stats(&self) -> WalStats {
         let state = lock(&self.shared.state);
+        let reserve_files = state.recyclable.len() + usize::from(state.prepared.is_some());
         WalStats {
             next_lsn: state.next_lsn,
             durable_lsn: state.durable_lsn,
@@ -585,6 +590,8 @@ impl Wal {
                 .values()
                 .map(|s| s.file.len().unwrap_or(0))
                 .sum(),
+            reserve_files,
+            reserve_bytes: reserve_files as u64 * self.shared.config.segment_bytes_max,
             live_bytes: state.live_bytes(),
             counters: state.counters,
             torn_tail_repaired: state.torn_tail_repaired,
