@@ -87,8 +87,8 @@ const MOVE_BYTES_MAX: usize = 64 << 10;
 const SPARE_BUFFERS_MAX: usize = 2;
 const SPARE_BUFFER_BYTES_MAX: usize = 16 << 20;
 
-/// Keeps an emptied buffer for reuse if fewer than `SPARE_BUFFERS_MAX` of its kind are kept
-/// and it is not oversized; frees it otherwise. Counting by kind matters: a chunk that moves
+/// Keeps a written chunk's buffer for reuse (`Chunk::new` empties it) if fewer than
+/// `SPARE_BUFFERS_MAX` of its kind are kept and it is not oversized; frees it otherwise. Counting by kind matters: a chunk that moves
 /// into a direct buffer leaves an ordinary one behind, and ordinary spares must not crowd out
 /// the direct ones (each replaced direct buffer was a new mapping to fault in and pin).
 pub(crate) fn keep_spare(spares: &mut Vec<Vec<u8>>, buf: Vec<u8>) {
