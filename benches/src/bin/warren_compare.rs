@@ -1,7 +1,8 @@
 //! `warren-compare`: runs the same `warren-perf` scenarios against Warren and RabbitMQ 3.10
 //! (Debian's `rabbitmq-server`, installed with apt-get if missing) on this machine, alternating
 //! brokers within each repetition, and writes the medians side by side with their ratio as
-//! markdown, JSON and an SVG chart.
+//! markdown, JSON and an SVG chart. Before the brokers start it measures the machine's floor
+//! (see `warren_benches::floor`) on the same file system, and prints it under the table.
 //!
 //! ```sh
 //! cargo run --release -p warren-benches --bin warren-compare -- --repetitions 3 --seconds 10
@@ -12,6 +13,7 @@ use clap::Parser;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use warren_benches::floor::{self, Floor};
 use warren_benches::perf::{self, Options, Report};
 
 #[derive(Parser, Debug)]
@@ -329,6 +331,22 @@ fn start_rabbitmq_cluster(dir: &Path) -> anyhow::Result<Broker> {
     Ok(broker)
 }
 
+/// Iterations of each floor loop (one per millisecond).
+const FLOOR_CYCLES: u32 = 3000;
+
+fn floor_line(floor: &Floor) -> String {
+    format!(
+        "This machine's floor in the same run (one thread, once every {:.0} µs, no broker): \
+         {:.1} µs of CPU to sleep and wake; {:.1} µs of CPU to sleep, wake, write {} bytes and \
+         fdatasync them ({:.0} µs from the write to fdatasync's return).",
+        floor.period_us,
+        floor.wake_up_cpu_us,
+        floor.write_sync_cpu_us,
+        floor::WRITE_BYTES,
+        floor.write_sync_wall_us
+    )
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]
@@ -409,6 +427,9 @@ async fn main() -> anyhow::Result<()> {
                 .is_none_or(|o| s.name.contains(o.as_str()))
         })
         .collect();
+    let floor = floor::measure(dir.path(), Duration::from_millis(1), FLOOR_CYCLES)
+        .context("measuring the machine's floor")?;
+    eprintln!("{}", floor_line(&floor));
     let mut results: Vec<(String, Vec<Report>, Vec<Report>)> = Vec::new();
     // Single nodes first, then clusters (one pair of brokers running at a time).
     for cluster in [false, true] {
@@ -488,11 +509,12 @@ async fn main() -> anyhow::Result<()> {
             r.rabbitmq_cpu_us_per_message
         );
     }
+    md += &format!("\n{}\n", floor_line(&floor));
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(args.out.join("latest.md"), &md)?;
     std::fs::write(
         args.out.join("latest.json"),
-        serde_json::to_string_pretty(&rows)?,
+        serde_json::to_string_pretty(&serde_json::json!({ "floor": floor, "rows": rows }))?,
     )?;
     std::fs::write(args.out.join("latest.svg"), svg_chart(&rows))?;
     println!("{md}");
