@@ -86,7 +86,7 @@ const RECORD_VERSION: u8 = 1;
 
 impl StoredMessage {
     pub fn encode(&self) -> BytesMut {
-        let mut buf = self.encode_head();
+        let mut buf = self.encode_head_leaving(self.message.body.len());
         buf.extend_from_slice(&self.message.body);
         buf
     }
@@ -94,9 +94,14 @@ impl StoredMessage {
     /// The record without the body, which follows it: `encode` is this then the body. Lets the
     /// store write a large body into the log without joining it to its head first.
     pub fn encode_head(&self) -> BytesMut {
+        self.encode_head_leaving(0)
+    }
+
+    /// `encode_head` in a buffer with room for `more` bytes after the head.
+    fn encode_head_leaving(&self, more: usize) -> BytesMut {
         let m = &self.message;
         let mut buf = BytesMut::with_capacity(
-            32 + m.exchange.len() + m.routing_key.len() + m.properties.len(),
+            32 + m.exchange.len() + m.routing_key.len() + m.properties.len() + more,
         );
         let mut w = Writer::new(&mut buf);
         w.u8(RECORD_VERSION);

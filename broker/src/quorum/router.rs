@@ -93,7 +93,7 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
         transient: false,
     }
     .encode()
-    .to_vec()
+    .into()
 }
 
 pub fn decode_message(bytes: Vec<u8>) -> Option<Message> {

@@ -150,7 +150,14 @@ pub fn stamp_bytes(stamp: Stamp) -> Vec<u8> {
 
 impl QuorumCommand {
     pub fn encode(&self, stamp: Stamp) -> Vec<u8> {
-        let mut buf = BytesMut::new();
+        let body = match self {
+            QuorumCommand::Enqueue { record, .. } => 8 + record.len(),
+            QuorumCommand::Remove { seqs } | QuorumCommand::Returned { seqs } => 8 * seqs.len(),
+            QuorumCommand::RemoveFrom { .. } => 8,
+            QuorumCommand::Claim => 0,
+        };
+        // Sized once and returned as it is: each enqueued record is copied once here.
+        let mut buf = Vec::with_capacity(17 + body);
         let tag = match self {
             QuorumCommand::Enqueue { .. } => ENQUEUE,
             QuorumCommand::Remove { .. } => REMOVE,
@@ -163,7 +170,6 @@ impl QuorumCommand {
         buf.put_u64(stamp.1);
         match self {
             QuorumCommand::Enqueue { seq, record } => {
-                buf.reserve(8 + record.len());
                 buf.put_u64(*seq);
                 buf.put_slice(record);
             }
@@ -175,7 +181,8 @@ impl QuorumCommand {
             QuorumCommand::RemoveFrom { from } => buf.put_u64(*from),
             QuorumCommand::Claim => {}
         }
-        buf.to_vec()
+        debug_assert_eq!(buf.len(), 17 + body);
+        buf
     }
 
     /// Decodes a command; an enqueued record is a slice of `bytes`, not a copy.
@@ -243,7 +250,7 @@ pub struct QuorumState {
 /// than one entry per message.
 pub fn encode_batch(stamp: Stamp, parts: &[Vec<u8>]) -> Vec<u8> {
     let body: usize = parts.iter().map(|p| 4 + p.len()).sum();
-    let mut buf = BytesMut::with_capacity(17 + body);
+    let mut buf = Vec::with_capacity(17 + body);
     buf.put_u8(BATCH);
     buf.put_u64(stamp.0);
     buf.put_u64(stamp.1);
@@ -251,7 +258,7 @@ pub fn encode_batch(stamp: Stamp, parts: &[Vec<u8>]) -> Vec<u8> {
         buf.put_u32(part.len() as u32);
         buf.put_slice(part);
     }
-    buf.to_vec()
+    buf
 }
 
 /// A batch: its stamp and its commands, each encoded.
