@@ -149,15 +149,25 @@ pub fn stamp_bytes(stamp: Stamp) -> Vec<u8> {
 }
 
 impl QuorumCommand {
-    pub fn encode(&self, stamp: Stamp) -> Vec<u8> {
-        let body = match self {
+    /// The length of the command once encoded.
+    pub fn encoded_len(&self) -> usize {
+        17 + match self {
             QuorumCommand::Enqueue { record, .. } => 8 + record.len(),
             QuorumCommand::Remove { seqs } | QuorumCommand::Returned { seqs } => 8 * seqs.len(),
             QuorumCommand::RemoveFrom { .. } => 8,
             QuorumCommand::Claim => 0,
-        };
-        // Sized once and returned as it is: each enqueued record is copied once here.
-        let mut buf = Vec::with_capacity(17 + body);
+        }
+    }
+
+    pub fn encode(&self, stamp: Stamp) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(self.encoded_len());
+        self.encode_into(stamp, &mut buf);
+        buf
+    }
+
+    /// Appends the encoded command to `buf` (an enqueued record is copied once, here).
+    fn encode_into(&self, stamp: Stamp, buf: &mut Vec<u8>) {
+        let start = buf.len();
         let tag = match self {
             QuorumCommand::Enqueue { .. } => ENQUEUE,
             QuorumCommand::Remove { .. } => REMOVE,
@@ -181,8 +191,7 @@ impl QuorumCommand {
             QuorumCommand::RemoveFrom { from } => buf.put_u64(*from),
             QuorumCommand::Claim => {}
         }
-        debug_assert_eq!(buf.len(), 17 + body);
-        buf
+        debug_assert_eq!(buf.len() - start, self.encoded_len());
     }
 
     /// Decodes a command; an enqueued record is a slice of `bytes`, not a copy.
@@ -244,19 +253,19 @@ pub struct QuorumState {
     pub data: SharedData,
 }
 
-/// Several encoded commands of one leadership in one raft entry (the leader's proposer sends
-/// what queued up while it was busy as one entry): a tag, the stamp of the last command, then
-/// each command with its length. Fewer, larger entries cost openraft and the log far less
-/// than one entry per message.
-pub fn encode_batch(stamp: Stamp, parts: &[Vec<u8>]) -> Vec<u8> {
-    let body: usize = parts.iter().map(|p| 4 + p.len()).sum();
+/// Several commands of one leadership in one raft entry (the leader's proposer sends what
+/// queued up while it was busy as one entry): a tag, the stamp of the last command, then each
+/// command, encoded, with its length. Fewer, larger entries cost openraft and the log far less
+/// than one entry per message. Each command is encoded straight into the batch.
+pub fn encode_batch(stamp: Stamp, commands: &[(Stamp, QuorumCommand)]) -> Vec<u8> {
+    let body: usize = commands.iter().map(|(_, c)| 4 + c.encoded_len()).sum();
     let mut buf = Vec::with_capacity(17 + body);
     buf.put_u8(BATCH);
     buf.put_u64(stamp.0);
     buf.put_u64(stamp.1);
-    for part in parts {
-        buf.put_u32(part.len() as u32);
-        buf.put_slice(part);
+    for (at, command) in commands {
+        buf.put_u32(command.encoded_len() as u32);
+        command.encode_into(*at, &mut buf);
     }
     buf
 }
@@ -440,11 +449,14 @@ mod tests {
     }
 
     fn enqueue(seq: u64, record: &'static [u8], stamp: Stamp) -> Vec<u8> {
+        enqueue_command(seq, record).encode(stamp)
+    }
+
+    fn enqueue_command(seq: u64, record: &'static [u8]) -> QuorumCommand {
         QuorumCommand::Enqueue {
             seq,
             record: Bytes::from_static(record),
         }
-        .encode(stamp)
     }
 
     /// Applies `entries` (the log, from index 1) from `from` on.
@@ -482,8 +494,8 @@ mod tests {
         let batch = encode_batch(
             (42, 3),
             &[
-                enqueue(9, b"nine", (42, 2)),
-                enqueue(12, b"twelve", (42, 3)),
+                ((42, 2), enqueue_command(9, b"nine")),
+                ((42, 3), enqueue_command(12, b"twelve")),
             ],
         );
         let commands: Vec<Vec<u8>> = vec![
@@ -576,11 +588,11 @@ mod tests {
         assert_eq!(lock(&copy.data).claims, [(0, 43)]);
 
         // A stale leadership's batch changes nothing and answers nothing; a torn one is refused.
-        let stale = encode_batch((42, 7), &[enqueue(30, b"x", (42, 7))]);
+        let stale = encode_batch((42, 7), &[((42, 7), enqueue_command(30, b"x"))]);
         let mut shared = copy.clone();
         assert!(shared.apply(13, &stale.into()).await.is_empty());
         assert!(lock(&copy.data).messages.is_empty());
-        let mut torn = encode_batch((43, 9), &[enqueue(30, b"x", (43, 9))]);
+        let mut torn = encode_batch((43, 9), &[((43, 9), enqueue_command(30, b"x"))]);
         torn.truncate(torn.len() - 1);
         assert!(shared.apply(13, &torn.into()).await.is_empty());
         assert!(lock(&copy.data).messages.is_empty());

@@ -95,11 +95,9 @@ pub struct RaftStore {
     quorum_acked_at: Arc<Mutex<Option<tokio::time::Instant>>>,
     /// How long after that this leader is sure no other leader exists.
     lease: std::time::Duration,
-    proposals: mpsc::UnboundedSender<(u64, Vec<u8>)>,
+    proposals: mpsc::UnboundedSender<(u64, QuorumCommand)>,
     next_token: AtomicU64,
     progress: Arc<Mutex<Progress>>,
-    /// This leadership's random id, stamped on every proposal.
-    leadership: u64,
     abandoned: tokio::sync::watch::Sender<bool>,
 }
 
@@ -139,12 +137,13 @@ impl RaftStore {
         lease: std::time::Duration,
         mut held: tokio::sync::watch::Receiver<bool>,
     ) -> RaftStore {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Vec<u8>)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(u64, QuorumCommand)>();
         let (wait_tx, mut wait_rx) =
             mpsc::unbounded_channel::<(u64, u64, Result<_, _>, tokio::sync::OwnedSemaphorePermit)>(
             );
         let in_flight = Arc::new(tokio::sync::Semaphore::new(ENTRIES_IN_FLIGHT_MAX));
         let progress_shared = Arc::new(Mutex::new(Progress::default()));
+        // This leadership's random id, stamped on every proposal (by the proposer below).
         let leadership: u64 = rand::random();
         let (abandoned, mut abandoned_rx) = tokio::sync::watch::channel(false);
         let quorum_acked_at = Arc::new(Mutex::new(None));
@@ -184,19 +183,19 @@ impl RaftStore {
                     return;
                 }
                 // What queued up meanwhile goes in the same entry.
-                let (mut last, mut parts, mut bytes) = (first, vec![command], 0usize);
+                let mut parts = vec![((leadership, first), command)];
+                let (mut last, mut bytes) = (first, 0usize);
                 while parts.len() < BATCH_COMMANDS_MAX && bytes < BATCH_BYTES_MAX {
                     let Ok((token, command)) = rx.try_recv() else {
                         break;
                     };
-                    bytes += command.len();
+                    bytes += command.encoded_len();
                     last = token;
-                    parts.push(command);
+                    parts.push(((leadership, token), command));
                 }
-                let entry = if parts.len() == 1 {
-                    parts.pop().expect("one")
-                } else {
-                    encode_batch((leadership, last), &parts)
+                let entry = match parts.as_slice() {
+                    [(stamp, command)] => command.encode(*stamp),
+                    _ => encode_batch((leadership, last), &parts),
                 };
                 let receiver = raft.client_write_ff(Command(entry.into())).await;
                 if wait_tx.send((first, last, receiver, slot)).is_err() {
@@ -270,7 +269,6 @@ impl RaftStore {
             proposals: tx,
             next_token: AtomicU64::new(1),
             progress: progress_shared,
-            leadership,
             abandoned,
         }
     }
@@ -305,7 +303,7 @@ impl RaftStore {
         }
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         self.proposals
-            .send((token, command.encode((self.leadership, token))))
+            .send((token, command))
             .map_err(|_| BrokerError::Cluster("the queue's raft group stopped".into()))?;
         Ok(Lsn(token))
     }
