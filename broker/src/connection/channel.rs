@@ -8,7 +8,8 @@ use crate::delivery::{ChannelCredit, ChannelRef, Delivery};
 use crate::message::Message;
 use crate::queue::{QueueHandle, SettleAction};
 use bytes::{Bytes, BytesMut};
-use std::collections::{BTreeMap, HashMap};
+use crate::FastMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Assembling a publish: method, then content header, then body frames.
@@ -208,7 +209,7 @@ pub struct Channel {
     pub tx: Transaction,
     pub next_delivery_tag: u64,
     pub unacked: BTreeMap<u64, Unacked>,
-    pub consumers: HashMap<ShortStr, ConsumerEntry>,
+    pub consumers: FastMap<ShortStr, ConsumerEntry>,
     /// The consumer tag of this channel's direct reply-to consumer.
     pub reply_to_consumer: Option<ShortStr>,
     /// `basic.qos` with `global = false`: the prefetch of consumers created from now on.
@@ -242,7 +243,7 @@ impl Channel {
             tx: Transaction::default(),
             next_delivery_tag: 1,
             unacked: BTreeMap::new(),
-            consumers: HashMap::new(),
+            consumers: FastMap::default(),
             reply_to_consumer: None,
             consumer_prefetch: 0,
             credit: Arc::new(ChannelCredit::default()),

@@ -23,6 +23,7 @@ use crate::delivery::{ChannelRef, ChannelView, ConnEvent, ConnId, ConnectionStat
 use crate::queue::{QueueCommand, QueueHandle};
 use crate::refusal::Refusal;
 use crate::vhost::Vhost;
+use crate::FastMap;
 use bytes::{Bytes, BytesMut};
 use channel::Channel;
 use std::collections::HashMap;
@@ -83,7 +84,7 @@ pub struct Connection {
     frame_max: usize,
     channel_max: u16,
     capabilities: ClientCapabilities,
-    channels: HashMap<u16, Channel>,
+    channels: FastMap<u16, Channel>,
     epoch: u32,
     out: frame::Output,
     credits: Vec<CreditReturn>,
@@ -98,7 +99,7 @@ pub struct Connection {
     permission_cache: [HashMap<String, bool>; 3],
     /// Routing decisions by (exchange, routing key), valid at the vhost generation stored with
     /// them: a publish to a known route takes no lock on the vhost.
-    route_cache: HashMap<(ShortStr, ShortStr), (u64, RouteTargets)>,
+    route_cache: FastMap<(ShortStr, ShortStr), (u64, RouteTargets)>,
     stats: Arc<ConnectionStats>,
 }
 
@@ -169,7 +170,7 @@ async fn serve_in_span(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr,
         frame_max: opened.frame_max,
         channel_max: opened.channel_max,
         capabilities: opened.capabilities,
-        channels: HashMap::new(),
+        channels: FastMap::default(),
         epoch: 0,
         out: frame::Output::default(),
         credits: Vec::new(),
@@ -178,7 +179,7 @@ async fn serve_in_span(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr,
         closing_until: None,
         paused: false,
         permission_cache: Default::default(),
-        route_cache: HashMap::new(),
+        route_cache: FastMap::default(),
         stats,
     };
     connection

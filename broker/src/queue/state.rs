@@ -15,7 +15,8 @@ use crate::amqp::ShortStr;
 use crate::delivery::{ChannelRef, EventSender};
 use crate::error::BrokerError;
 use crate::message::{Message, StoredMessage};
-use std::collections::{HashMap, VecDeque};
+use crate::FastMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use warren_storage::Lsn;
 
@@ -136,7 +137,7 @@ pub struct QueueState {
     memory_count: u64,
     memory_bytes: u64,
     paged: Paged,
-    unacked: HashMap<u64, Unacked>,
+    unacked: FastMap<u64, Unacked>,
     /// In registration order (single active consumer takes the first).
     consumers: Vec<Consumer>,
     round_robin: usize,
@@ -165,7 +166,7 @@ impl QueueState {
                 count: stored,
                 bytes: 0,
             },
-            unacked: HashMap::new(),
+            unacked: FastMap::default(),
             consumers: Vec::new(),
             round_robin: 0,
             next_seq: bound,
