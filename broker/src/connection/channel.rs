@@ -7,8 +7,8 @@ use crate::amqp::ShortStr;
 use crate::delivery::{ChannelCredit, ChannelRef, Delivery};
 use crate::message::Message;
 use crate::queue::{QueueHandle, SettleAction};
-use bytes::{Bytes, BytesMut};
 use crate::FastMap;
+use bytes::{Bytes, BytesMut};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
