@@ -31,4 +31,24 @@ async fn warren_perf_smoke() {
     options.drain = true;
     let report = perf::run(options).await.expect("the drain scenario runs");
     assert_eq!((report.received, report.lost), (1_000, 0));
+
+    // Bodies sent from a shared tail, each spanning two frames (the client's frame_max is
+    // 128 KiB): every one must arrive whole, with the header that identifies it.
+    let mut options = perf::default_options();
+    options.addr = warren.addr.to_string();
+    options.queue = "large".into();
+    options.size = 200_000;
+    options.messages = Some(300);
+    let report = perf::run(options)
+        .await
+        .expect("the large-body scenario runs");
+    assert_eq!(
+        (
+            report.published,
+            report.received,
+            report.lost,
+            report.duplicates
+        ),
+        (300, 300, 0, 0)
+    );
 }

@@ -1,7 +1,7 @@
 //! A lean AMQP client for the load generator: one connection, one channel (1), Warren's codec.
 
 use anyhow::{bail, Context};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -81,11 +81,12 @@ impl Reader {
     }
 }
 
-/// The writing half of a connection, with an output buffer.
+/// The writing half of a connection, with an output buffer (large bodies in it are referenced,
+/// not copied, and go out with one vectored write per flush).
 #[derive(Debug)]
 pub struct Writer {
     socket: OwnedWriteHalf,
-    pub out: BytesMut,
+    pub out: frame::Output,
 }
 
 impl Writer {
@@ -94,10 +95,9 @@ impl Writer {
     }
 
     pub async fn flush(&mut self) -> anyhow::Result<()> {
-        if !self.out.is_empty() {
-            self.socket.write_all(&self.out).await?;
-            self.out.clear();
-        }
+        let pieces = self.out.take();
+        let pieces: Vec<&Bytes> = pieces.iter().collect();
+        frame::write_pieces(&mut self.socket, &pieces).await?;
         Ok(())
     }
 }
@@ -115,7 +115,7 @@ pub async fn connect(target: &Target) -> anyhow::Result<(Reader, Writer)> {
     };
     let mut writer = Writer {
         socket: write,
-        out: BytesMut::with_capacity(1 << 16),
+        out: frame::Output::default(),
     };
     writer.socket.write_all(b"AMQP\x00\x00\x09\x01").await?;
     reader

@@ -23,7 +23,7 @@ use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use warren_broker::amqp::frame::{self, Frame};
+use warren_broker::amqp::frame::Frame;
 use warren_broker::amqp::method::{self as m, Method};
 use warren_broker::amqp::{BasicProperties, FieldTable, FieldValue};
 
@@ -338,7 +338,11 @@ async fn producer(
         ..Default::default()
     }
     .into();
-    let mut body = vec![0u8; options.size.max(body::HEADER_BYTES)];
+    // Bodies differ only in their header (the rest is zeros): it is written per message, and
+    // the rest is one shared buffer, sent from where it lies rather than copied per message
+    // (at 64 KiB that copy was a fifth of the load generator's CPU, on cores the broker needs).
+    let mut head = [0u8; body::HEADER_BYTES];
+    let tail = Bytes::from(vec![0u8; options.size.saturating_sub(body::HEADER_BYTES)]);
     let limit = options.messages.unwrap_or(u64::MAX);
     let mut seq = 0u64;
     let interval = (options.rate > 0).then(|| Duration::from_secs_f64(1.0 / options.rate as f64));
@@ -369,7 +373,7 @@ async fn producer(
             .max(1);
         for _ in 0..batch {
             let now = started.elapsed().as_micros() as u64;
-            body::write(&mut body, id, seq, now);
+            body::write(&mut head, id, seq, now);
             if confirms {
                 inflight
                     .lock()
@@ -377,14 +381,9 @@ async fn producer(
                     .sent
                     .push_back((seq + 1, now));
             }
-            frame::put_content(
-                &mut writer.out,
-                1,
-                &publish,
-                &properties,
-                &body,
-                client::FRAME_MAX,
-            );
+            writer
+                .out
+                .put_content_parts(1, &publish, &properties, &head, &tail, client::FRAME_MAX);
             seq += 1;
         }
         writer.flush().await?;

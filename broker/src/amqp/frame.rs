@@ -7,6 +7,7 @@ use super::method::Method;
 use super::properties::ContentHeader;
 use super::wire::CodecError;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Frame {
@@ -204,23 +205,50 @@ impl Output {
             put_content(&mut self.buf, channel, method, properties, body, frame_max);
             return;
         }
+        self.put_content_parts(channel, method, properties, &[], body, frame_max);
+    }
+
+    /// Appends a method with content whose body is `head` followed by `tail`: `head` is copied,
+    /// and the body frames refer to `tail` if it is at least [`SHARED_BODY_MIN`] long (the load
+    /// generator's bodies differ only in their first bytes, so they share a tail).
+    pub fn put_content_parts(
+        &mut self,
+        channel: u16,
+        method: &Method,
+        properties: &Bytes,
+        head: &[u8],
+        tail: &Bytes,
+        frame_max: usize,
+    ) {
         put_method(&mut self.buf, channel, method);
+        let len = head.len() + tail.len();
         put_header(
             &mut self.buf,
             channel,
             &ContentHeader {
-                body_size: body.len() as u64,
+                body_size: len as u64,
                 properties: properties.clone(),
             },
         );
         let chunk_max = (frame_max - FRAME_OVERHEAD).max(1);
+        let shared = tail.len() >= SHARED_BODY_MIN;
         let mut at = 0;
-        while at < body.len() {
-            let end = body.len().min(at + chunk_max);
+        while at < len {
+            let end = len.min(at + chunk_max);
             self.buf.put_u8(FRAME_BODY);
             self.buf.put_u16(channel);
             self.buf.put_u32((end - at) as u32);
-            self.put_shared(body.slice(at..end));
+            if at < head.len() {
+                self.buf.put_slice(&head[at..end.min(head.len())]);
+            }
+            if end > head.len() {
+                let part = tail.slice(at.max(head.len()) - head.len()..end - head.len());
+                if shared {
+                    self.put_shared(part);
+                } else {
+                    self.buf.put_slice(&part);
+                }
+            }
             self.buf.put_u8(FRAME_END);
             at = end;
         }
@@ -238,6 +266,35 @@ impl std::ops::DerefMut for Output {
     fn deref_mut(&mut self) -> &mut BytesMut {
         &mut self.buf
     }
+}
+
+/// Writes every piece, in order, with as few `writev` calls as the socket allows.
+pub async fn write_pieces<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    pieces: &[&Bytes],
+) -> std::io::Result<()> {
+    /// Slices per call (Linux takes at most 1024).
+    const SLICES_MAX: usize = 256;
+    let (mut piece, mut offset) = (0, 0);
+    while piece < pieces.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = pieces[piece..]
+            .iter()
+            .take(SLICES_MAX)
+            .enumerate()
+            .map(|(i, p)| std::io::IoSlice::new(if i == 0 { &p[offset..] } else { &p[..] }))
+            .collect();
+        let mut written = writer.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while piece < pieces.len() && written >= pieces[piece].len() - offset {
+            written -= pieces[piece].len() - offset;
+            piece += 1;
+            offset = 0;
+        }
+        offset += written;
+    }
+    Ok(())
 }
 
 /// Appends a method with content: the method, the header and the body frames.

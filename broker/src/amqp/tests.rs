@@ -220,6 +220,26 @@ fn output_with_shared_bodies_sends_the_same_bytes_as_copying_them() {
             "{len} bytes, frame_max {frame_max}"
         );
         assert!(out.is_empty() && out.take().is_empty());
+        // The same body as a copied head and a shared tail, split at several places (in the
+        // first frame, at a frame boundary, past it).
+        for split in [0, 16, 4095, 4096, 9000, len] {
+            let split = split.min(len);
+            let mut parts = frame::Output::default();
+            parts.put_content_parts(
+                3,
+                &deliver,
+                &properties,
+                &body[..split],
+                &body.slice(split..),
+                frame_max,
+            );
+            frame::put_heartbeat(&mut parts);
+            assert_eq!(
+                parts.take().concat(),
+                copied.to_vec(),
+                "{len} bytes split at {split}, frame_max {frame_max}"
+            );
+        }
     }
 }
 

@@ -458,32 +458,6 @@ async fn handshake(
     })
 }
 
-/// Writes every piece, in order, with as few `writev` calls as the socket allows.
-async fn write_all_vectored(writer: &mut OwnedWriteHalf, pieces: &[&Bytes]) -> std::io::Result<()> {
-    /// Slices per call (Linux takes at most 1024).
-    const SLICES_MAX: usize = 256;
-    let (mut piece, mut offset) = (0, 0);
-    while piece < pieces.len() {
-        let slices: Vec<std::io::IoSlice<'_>> = pieces[piece..]
-            .iter()
-            .take(SLICES_MAX)
-            .enumerate()
-            .map(|(i, p)| std::io::IoSlice::new(if i == 0 { &p[offset..] } else { &p[..] }))
-            .collect();
-        let mut written = writer.write_vectored(&slices).await?;
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while piece < pieces.len() && written >= pieces[piece].len() - offset {
-            written -= pieces[piece].len() - offset;
-            piece += 1;
-            offset = 0;
-        }
-        offset += written;
-    }
-    Ok(())
-}
-
 async fn write_loop(
     mut writer: OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<OutChunk>,
@@ -504,7 +478,7 @@ async fn write_loop(
             }
         }
         let pieces: Vec<&Bytes> = batch.iter().flat_map(|c| &c.pieces).collect();
-        if write_all_vectored(&mut writer, &pieces).await.is_err() {
+        if frame::write_pieces(&mut writer, &pieces).await.is_err() {
             return;
         }
         ConnectionStats::add(&stats.sent_bytes, bytes as u64);
