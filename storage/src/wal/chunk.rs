@@ -14,7 +14,10 @@
 //!
 //! A chunk of small records (`WalConfig::direct_record_bytes_min`), one whose lead is not at hand
 //! (the first one after an open or a roll), or one whose buffer lost its alignment when it grew,
-//! is written through the page cache as before.
+//! is written through the page cache as before. A chunk of tombstones only (settles, which are
+//! never read back) goes the way the chunk before it went: a write through the page cache right
+//! after a direct one starts in a block the page cache no longer holds, and the kernel reads
+//! that block from the device before it can copy into it, one more I/O round trip in the sync.
 
 use std::io;
 use std::sync::Arc;
@@ -41,8 +44,9 @@ pub(crate) struct Chunk {
     pub file: Arc<dyn LogFile>,
     /// Where the chunk's own bytes start in the segment.
     pub offset: u64,
-    /// Records framed into it (seals not counted).
-    pub records: u32,
+    /// Records framed into it that can be read back: puts, not tombstones (nor seals). Their
+    /// average size decides whether the chunk goes direct (see `prepare_write`).
+    pub readable: u32,
     buf: Vec<u8>,
     /// Index in `buf` of the aligned block boundary the direct write starts at (the lead
     /// follows), or `None` for a chunk written through the page cache.
@@ -211,7 +215,7 @@ impl Chunk {
             segment,
             file,
             offset,
-            records: 0,
+            readable: 0,
             buf,
             aligned_at,
             start,
@@ -288,13 +292,23 @@ impl Chunk {
 
     /// Readies the chunk for writing: nothing is appended afterwards. A direct chunk is padded
     /// with zeros to a block boundary. It is written through the page cache instead if its
-    /// records average fewer than `direct_record_bytes_min` bytes (the page cache then keeps
-    /// them for reading back: a backlog of small messages drained 25 % slower read from the
-    /// device), or if its buffer moved off its alignment as it grew.
-    pub fn prepare_write(&mut self, direct_record_bytes_min: usize) {
+    /// readable records average fewer than `direct_record_bytes_min` bytes (the page cache then
+    /// keeps them for reading back: a backlog of small messages drained 25 % slower read from
+    /// the device), if it holds none and the chunk before it (`follows_direct`) went through the
+    /// page cache too, or if its buffer moved off its alignment as it grew.
+    ///
+    /// Tombstones do not count towards the average: with 64 KiB messages, a batch of a few
+    /// settles and one message averaged under the threshold, and a batch of settles alone went
+    /// through the page cache after a direct one; either way the kernel first read the block it
+    /// started in back from the device (a third of the batches did).
+    pub fn prepare_write(&mut self, direct_record_bytes_min: usize, follows_direct: bool) {
         let end = self.buf.len();
         self.end = Some(end);
-        let small = self.own().len() < direct_record_bytes_min * self.records.max(1) as usize;
+        let small = direct_record_bytes_min > 0
+            && match self.readable {
+                0 => !follows_direct,
+                n => self.own().len() < direct_record_bytes_min * n as usize,
+            };
         if let Some(at) = self.aligned_at {
             // The lead stays in the buffer either way, so `tail` finds it without a read.
             if small || self.buf[at..].as_ptr().align_offset(DIRECT_ALIGN) != 0 {
@@ -304,6 +318,11 @@ impl Chunk {
             self.buf.resize(padded, 0);
             self.direct = true;
         }
+    }
+
+    /// Whether `write` goes direct (decided by `prepare_write`).
+    pub fn goes_direct(&self) -> bool {
+        self.direct
     }
 
     /// Writes the chunk to its file; true if it went direct.
@@ -396,7 +415,7 @@ mod tests {
         let first: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
         let mut a = Chunk::new(SegmentId(1), file.clone(), 0, Vec::new(), Some(&[]), true);
         a.buf().extend_from_slice(&first);
-        a.prepare_write(0);
+        a.prepare_write(0, false);
         assert!(a.write().unwrap(), "written direct");
         let tail = a.tail().unwrap();
         assert_eq!((tail.start, tail.bytes.len()), (4096, 5000 - 4096));
@@ -412,7 +431,7 @@ mod tests {
         );
         b.buf().extend_from_slice(&[7u8; 300]);
         assert_eq!(b.covering(SegmentId(1), 4096, 5300).unwrap().len(), 1204);
-        b.prepare_write(0);
+        b.prepare_write(0, false);
         assert!(b.write().unwrap());
         assert_eq!(fs.counters().direct_writes, 2);
 
@@ -431,9 +450,9 @@ mod tests {
         let mut small = Chunk::new(seg, file.clone(), 0, Vec::new(), Some(&[]), false);
         for _ in 0..40 {
             small.buf().extend_from_slice(&[1u8; 1000]);
-            small.records += 1;
+            small.readable += 1;
         }
-        small.prepare_write(16 << 10);
+        small.prepare_write(16 << 10, false);
         assert!(
             !small.write().unwrap(),
             "40 records of 1000 bytes: page cache"
@@ -443,9 +462,9 @@ mod tests {
         let mut large = Chunk::new(seg, file.clone(), 40_000, Vec::new(), Some(lead), true);
         for _ in 0..3 {
             large.buf().extend_from_slice(&[2u8; 20 << 10]);
-            large.records += 1;
+            large.readable += 1;
         }
-        large.prepare_write(16 << 10);
+        large.prepare_write(16 << 10, false);
         assert!(large.write().unwrap(), "records of 20 KiB: direct");
         assert_eq!(fs.counters().direct_writes, 1);
 
@@ -455,8 +474,8 @@ mod tests {
         let lead = find_lead(&[], &[], Some(&tail), seg, end).unwrap();
         let mut next = Chunk::new(seg, file.clone(), end, Vec::new(), Some(lead), false);
         next.buf().extend_from_slice(&[3u8; 100]);
-        next.records += 1;
-        next.prepare_write(16 << 10);
+        next.readable += 1;
+        next.prepare_write(16 << 10, false);
         assert!(!next.write().unwrap());
         let read_before = fs.counters().read_bytes;
         let tail = next.tail().unwrap();
@@ -466,6 +485,39 @@ mod tests {
         file.read_exact_at(&mut back, 0).unwrap();
         assert_eq!(&back[40_000..end as usize], &[2u8; 3 * (20 << 10)][..]);
         assert_eq!(&back[end as usize..], &[3u8; 100][..]);
+    }
+
+    #[test]
+    fn tombstones_do_not_count_towards_the_average_that_decides_direct() {
+        let (fs, file) = file();
+        let seg = SegmentId(1);
+        // Five settles and one 70 KB message: 11.7 KB a record, 70.2 KB a readable one.
+        let mut mixed = Chunk::new(seg, file.clone(), 0, Vec::new(), Some(&[]), true);
+        for _ in 0..5 {
+            mixed.buf().extend_from_slice(&[1u8; 40]);
+        }
+        mixed.buf().extend_from_slice(&[2u8; 70_000]);
+        mixed.readable += 1;
+        mixed.prepare_write(16 << 10, false);
+        assert!(mixed.write().unwrap(), "direct");
+
+        assert_eq!(fs.counters().direct_writes, 1);
+
+        // Settles alone follow the chunk before them, either way; with no threshold, every
+        // chunk that can goes direct.
+        for (threshold, follows_direct, direct) in [
+            (16 << 10, true, true),
+            (16 << 10, false, false),
+            (0, false, true),
+        ] {
+            let (fs, file) = self::file();
+            let mut settles = Chunk::new(seg, file, 0, Vec::new(), Some(&[]), false);
+            settles.buf().extend_from_slice(&[3u8; 120]);
+            settles.prepare_write(threshold, follows_direct);
+            assert_eq!(settles.goes_direct(), direct);
+            assert_eq!(settles.write().unwrap(), direct);
+            assert_eq!(fs.counters().direct_writes, direct as u64);
+        }
     }
 
     /// The `AnonHugePages` of the mapping holding `addr`, from /proc/self/smaps.
@@ -533,13 +585,14 @@ mod tests {
         assert_eq!(c.buf().capacity(), DIRECT_BUFFER_BYTES);
         assert!(!c.wants_direct_buffer(), "moves once");
         c.buf().extend_from_slice(&[2u8; 70_000]); // a large record
+        c.readable += 1;
         assert_eq!(c.own().len(), 70_040);
         assert_eq!(
             c.covering(SegmentId(1), 4096, 5000).unwrap(),
             &lead[..],
             "the lead moved with the bytes"
         );
-        c.prepare_write(16 << 10);
+        c.prepare_write(16 << 10, false);
         assert!(c.write().unwrap(), "written direct");
         assert_eq!(fs.counters().direct_writes, 1);
         let mut back = vec![0u8; 75_040];
@@ -558,7 +611,7 @@ mod tests {
         file.write_all_at(&[9u8; 100], 0).unwrap();
         let mut c = Chunk::new(SegmentId(1), file.clone(), 100, Vec::new(), None, true);
         c.buf().extend_from_slice(&[3u8; 50]);
-        c.prepare_write(0);
+        c.prepare_write(0, false);
         assert!(!c.write().unwrap());
         assert_eq!(fs.counters().direct_writes, 0);
         let tail = c.tail().unwrap();

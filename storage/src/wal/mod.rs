@@ -763,7 +763,13 @@ pub(crate) fn frame_locked(
         &header,
         payload,
     );
-    state.pending.last_mut().expect("chunk framed into").records += 1;
+    if !kind.is_tombstone() {
+        state
+            .pending
+            .last_mut()
+            .expect("chunk framed into")
+            .readable += 1;
+    }
     state
         .segments
         .get_mut(&active)

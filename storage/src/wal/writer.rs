@@ -24,6 +24,8 @@ pub(crate) fn run(shared: &Shared) {
     // batch waits (briefly) to be as large, see `gather`.
     let mut last_batch_records = 0u64;
     let mut last_sync = Duration::ZERO;
+    // Whether the last chunk written went direct (a chunk of settles alone goes the same way).
+    let mut last_direct = false;
     loop {
         let (chunks, last_lsn, records, waiting) = {
             let mut state = lock(&shared.state);
@@ -41,7 +43,8 @@ pub(crate) fn run(shared: &Shared) {
             state = gather(shared, state, last_batch_records, last_sync);
             let mut chunks = std::mem::take(&mut state.pending);
             for chunk in &mut chunks {
-                chunk.prepare_write(shared.config.direct_record_bytes_min);
+                chunk.prepare_write(shared.config.direct_record_bytes_min, last_direct);
+                last_direct = chunk.goes_direct();
             }
             let chunks = Arc::new(chunks);
             state.inflight = chunks.clone();
