@@ -172,7 +172,7 @@ fn move_definitions(
                 key: key.clone(),
                 value,
             };
-            let receipt = frame_locked(shared, &mut state, &op, &[])?;
+            let receipt = frame_locked(shared, &mut state, &op, &[], None)?;
             state.apply(index, &op, receipt.location)?;
             last_lsn = receipt.lsn;
             report.records_moved += 1;
@@ -281,7 +281,7 @@ fn move_live_records(
             } else {
                 &[][..]
             };
-            let receipt = frame_locked(shared, &mut state, &op, &[payload])?;
+            let receipt = frame_locked(shared, &mut state, &op, &[payload], None)?;
             last_lsn = receipt.lsn;
             if h.kind.is_tombstone() {
                 report.tombstones_moved += 1;

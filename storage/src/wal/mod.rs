@@ -333,7 +333,7 @@ impl Wal {
             seq,
             segment_max: location.segment.0,
         };
-        self.append_locked(&mut state, &op, &[])
+        self.append_locked(&mut state, &op, &[], None)
             .map(|r| Some(r.lsn))
     }
 
@@ -350,7 +350,7 @@ impl Wal {
             to,
             segment_max,
         };
-        self.append_locked(&mut state, &op, &[])
+        self.append_locked(&mut state, &op, &[], None)
             .map(|r| Some(r.lsn))
     }
 
@@ -373,7 +373,7 @@ impl Wal {
             key: key.to_vec(),
             segment_max: location.segment.0,
         };
-        self.append_locked(&mut state, &op, &[])
+        self.append_locked(&mut state, &op, &[], None)
             .map(|r| Some(r.lsn))
     }
 
@@ -665,8 +665,12 @@ impl Wal {
 
     fn append_op(&self, op: &LogOp, payload: &[&[u8]]) -> Result<Receipt> {
         let len = payload.iter().map(|p| p.len()).sum();
+        // A large message is summed before the lock is taken: the writer and other appenders
+        // then wait for its copy alone (at 64 KiB, the crc was as long as the copy).
+        let crc = (matches!(op, LogOp::Put { .. }) && len >= SUM_BEFORE_LOCK_BYTES)
+            .then(|| record::payload_crc(payload));
         let mut state = self.lock_for_append(len)?;
-        self.append_locked(&mut state, op, payload)
+        self.append_locked(&mut state, op, payload, crc.as_ref())
     }
 
     /// Takes the state lock once there is room for `payload_bytes` more pending bytes and the
@@ -704,8 +708,9 @@ impl Wal {
         state: &mut LogState,
         op: &LogOp,
         put_payload: &[&[u8]],
+        put_crc: Option<&crc32fast::Hasher>,
     ) -> Result<Receipt> {
-        let receipt = frame_locked(&self.shared, state, op, put_payload)?;
+        let receipt = frame_locked(&self.shared, state, op, put_payload, put_crc)?;
         state.apply(self.shared.index.as_ref(), op, receipt.location)?;
         if state.overlay.len() >= self.shared.config.checkpoint_ops_max {
             self.shared.maintenance_wake.notify_one();
@@ -714,6 +719,10 @@ impl Wal {
     }
 }
 
+/// Put payloads from this size on are summed before the state lock is taken (below it, combining
+/// the two sums costs about what summing under the lock would).
+const SUM_BEFORE_LOCK_BYTES: usize = 16 << 10;
+
 impl Drop for Wal {
     fn drop(&mut self) {
         self.shutdown();
@@ -721,12 +730,14 @@ impl Drop for Wal {
 }
 
 /// Frames the record for `op` into the pending buffer (rolling to a new segment if needed) and
-/// wakes the writer. Changes nothing if it fails.
+/// wakes the writer. `put_crc`, if given, is `record::payload_crc` of `put_payload`. Changes
+/// nothing if it fails.
 pub(crate) fn frame_locked(
     shared: &Shared,
     state: &mut LogState,
     op: &LogOp,
     put_payload: &[&[u8]],
+    put_crc: Option<&crc32fast::Hasher>,
 ) -> Result<Receipt> {
     let (kind, stream, seq, encoded) = op.encode();
     let encoded = [&encoded[..]];
@@ -758,11 +769,11 @@ pub(crate) fn frame_locked(
     let offset = state.active_len;
     let active = state.active;
     let large = payload_len >= shared.config.direct_record_bytes_min;
-    record::encode_into(
-        pending_chunk(state, active, offset, large),
-        &header,
-        payload,
-    );
+    let out = pending_chunk(state, active, offset, large);
+    match put_crc.filter(|_| kind == RecordKind::Put) {
+        Some(crc) => record::encode_summed(out, &header, payload, crc),
+        None => record::encode_into(out, &header, payload),
+    }
     if !kind.is_tombstone() {
         state
             .pending
