@@ -172,17 +172,16 @@ fn frame_into(
         out.extend_from_slice(part);
     }
     out.resize(start + total, 0);
-    let crc = match payload_crc {
-        None => frame_crc(&out[start..start + HEADER_BYTES + len]),
-        Some(payload) => {
-            let mut hasher = crc32fast::Hasher::new();
-            hasher.update(&out[start..start + 4]);
-            hasher.update(&out[start + 12..start + HEADER_BYTES]);
-            hasher.combine(payload);
-            hasher.finalize()
-        }
-    };
-    out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
+    // `frame_crc`'s order: the length, the rest of the header, then the payload (summed here,
+    // or given and combined).
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&out[start..start + 4]);
+    hasher.update(&out[start + 12..start + HEADER_BYTES]);
+    match payload_crc {
+        None => hasher.update(&out[start + HEADER_BYTES..start + HEADER_BYTES + len]),
+        Some(payload) => hasher.combine(payload),
+    }
+    out[start + 8..start + 12].copy_from_slice(&hasher.finalize().to_le_bytes());
 }
 
 fn frame_crc(frame_without_padding: &[u8]) -> u32 {
