@@ -5,8 +5,10 @@
 //! each 512-byte sector written since the last sync independently either reached the disk,
 //! did not, or was torn part-way; file lengths changed since the last sync land either way, and
 //! directory entries created or removed since the last `sync_dir` may or may not persist.
-//! Handles opened before a crash are detached from the new state, so a log instance that was
-//! "running" at the crash can write nothing that survives it.
+//! Handles opened before a crash are detached from the new state, and clones of the file system
+//! made before it (a log instance's) fail every directory operation after it, so a log instance
+//! that was "running" at the crash can change nothing that survives it: not by writing, nor by
+//! creating, renaming or removing files.
 //!
 //! Faults on demand: fail the next write or sync (EIO), a capacity that makes `allocate` and
 //! writes fail with ENOSPC until space is freed, random bit flips on read, and persistent
@@ -84,6 +86,8 @@ struct State {
     fail_next_sync: bool,
     read_flip_per_million: u32,
     counters: SimCounters,
+    /// Crashes so far.
+    crashes: u64,
 }
 
 #[derive(Debug)]
@@ -91,10 +95,23 @@ struct Shared {
     state: Mutex<State>,
 }
 
-/// The simulated file system; clones share one disk.
-#[derive(Clone, Debug)]
+/// The simulated file system; clones share one disk. The instance `new` makes stands for the
+/// test and outlives crashes; a clone belongs to the "boot" it was made in: after a crash its
+/// directory operations fail with EIO (see the module docs).
+#[derive(Debug)]
 pub struct SimFs {
     shared: Arc<Shared>,
+    /// The crash count when this clone was made; `None` for the instance `new` made.
+    boot: Option<u64>,
+}
+
+impl Clone for SimFs {
+    fn clone(&self) -> SimFs {
+        SimFs {
+            shared: self.shared.clone(),
+            boot: Some(self.state().crashes),
+        }
+    }
 }
 
 fn errno(errno: rustix::io::Errno) -> io::Error {
@@ -145,13 +162,24 @@ impl SimFs {
                     fail_next_sync: false,
                     read_flip_per_million: 0,
                     counters: SimCounters::default(),
+                    crashes: 0,
                 }),
             }),
+            boot: None,
         }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.shared.state)
+    }
+
+    /// The state, for a directory operation: refused with EIO to a clone made before a crash.
+    fn namespace(&self) -> io::Result<MutexGuard<'_, State>> {
+        let state = self.state();
+        match self.boot {
+            Some(boot) if boot != state.crashes => Err(errno(rustix::io::Errno::IO)),
+            _ => Ok(state),
+        }
     }
 
     /// The next `write_all_at` on any file fails with EIO (and writes nothing).
@@ -237,6 +265,7 @@ impl SimFs {
         state.visible = survivors;
         state.fail_next_write = false;
         state.fail_next_sync = false;
+        state.crashes += 1;
     }
 }
 
@@ -382,12 +411,12 @@ impl LogFile for SimFile {
 
 impl FileSystem for SimFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        self.state().dirs.insert(dir.to_path_buf());
+        self.namespace()?.dirs.insert(dir.to_path_buf());
         Ok(())
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        let state = self.state();
+        let state = self.namespace()?;
         if !state.dirs.contains(dir) {
             return Err(io::Error::from(io::ErrorKind::NotFound));
         }
@@ -400,14 +429,14 @@ impl FileSystem for SimFs {
     }
 
     fn open(&self, path: &Path) -> io::Result<Arc<dyn LogFile>> {
-        match self.state().visible.get(path) {
+        match self.namespace()?.visible.get(path) {
             Some(file) => Ok(file.clone()),
             None => Err(io::Error::from(io::ErrorKind::NotFound)),
         }
     }
 
     fn create(&self, path: &Path) -> io::Result<Arc<dyn LogFile>> {
-        let mut state = self.state();
+        let mut state = self.namespace()?;
         if state.visible.contains_key(path) {
             return Err(io::Error::from(io::ErrorKind::AlreadyExists));
         }
@@ -420,14 +449,14 @@ impl FileSystem for SimFs {
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
-        match self.state().visible.remove(path) {
+        match self.namespace()?.visible.remove(path) {
             Some(_) => Ok(()),
             None => Err(io::Error::from(io::ErrorKind::NotFound)),
         }
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let mut state = self.state();
+        let mut state = self.namespace()?;
         match state.visible.remove(from) {
             Some(file) => {
                 state.visible.insert(to.to_path_buf(), file);
@@ -438,7 +467,7 @@ impl FileSystem for SimFs {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        let mut state = self.state();
+        let mut state = self.namespace()?;
         let state = &mut *state;
         state.counters.dir_syncs += 1;
         state
@@ -480,6 +509,34 @@ mod tests {
         file.write_all_at(&[9u8; 16], 0).unwrap();
         reopened.read_exact_at(&mut synced[..16], 0).unwrap();
         assert_eq!(&synced[..16], &[1u8; 16]);
+    }
+
+    #[test]
+    fn a_clone_made_before_a_crash_changes_no_name_after_it() {
+        let fs = SimFs::new(SimFsOptions::seeded(4));
+        fs.create_dir_all(&dir()).unwrap();
+        let before = fs.clone(); // a log instance's view
+        before.create(&dir().join("a")).unwrap();
+        before.sync_dir(&dir()).unwrap();
+        fs.crash();
+        let stale = [
+            before
+                .rename(&dir().join("a"), &dir().join("b"))
+                .unwrap_err(),
+            before.remove(&dir().join("a")).unwrap_err(),
+            before.create(&dir().join("c")).map(|_| ()).unwrap_err(),
+            before.sync_dir(&dir()).unwrap_err(),
+        ];
+        for error in stale {
+            assert_eq!(
+                error.raw_os_error(),
+                Some(rustix::io::Errno::IO.raw_os_error())
+            );
+        }
+        assert_eq!(fs.list(&dir()).unwrap(), vec!["a".to_string()]);
+        let after = fs.clone(); // the next instance's view
+        after.rename(&dir().join("a"), &dir().join("b")).unwrap();
+        assert_eq!(fs.list(&dir()).unwrap(), vec!["b".to_string()]);
     }
 
     #[test]

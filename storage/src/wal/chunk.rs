@@ -13,7 +13,7 @@
 //!   then holds.
 //!
 //! A chunk of small records (`WalConfig::direct_record_bytes_min`), one whose lead is not at hand
-//! (the first one after an open or a roll), or one whose buffer lost its alignment when it grew,
+//! (the first one after an open), or one whose buffer lost its alignment when it grew,
 //! is written through the page cache as before. A chunk of tombstones only (settles, which are
 //! never read back) goes the way the chunk before it went: a write through the page cache right
 //! after a direct one starts in a block the page cache no longer holds, and the kernel reads
@@ -378,8 +378,9 @@ impl Tail {
     }
 }
 
-/// The lead of a chunk starting at `offset` in `segment`: found in the chunks pending or being
-/// written, or in the last tail written; `None` if none holds it.
+/// The lead of a chunk starting at `offset` in `segment`: empty at a block boundary (the start
+/// of a segment's file, where a roll queues its header), else found in the chunks pending or
+/// being written, or in the last tail written; `None` if none holds it.
 pub(crate) fn find_lead<'a>(
     pending: &'a [Chunk],
     inflight: &'a [Chunk],
@@ -388,6 +389,9 @@ pub(crate) fn find_lead<'a>(
     offset: u64,
 ) -> Option<&'a [u8]> {
     let from = block_floor(offset);
+    if from == offset {
+        return Some(&[]);
+    }
     pending
         .iter()
         .rev()

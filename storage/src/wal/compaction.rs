@@ -93,17 +93,18 @@ pub(crate) fn compact(
     shared.wait_durable(last_lsn)?;
     super::checkpoint::checkpoint_serialized(shared)?;
     for &victim in &victims {
-        let still_live = {
+        let (still_live, file) = {
             let mut state = lock(&shared.state);
             let live = state
                 .segments
                 .get(&victim)
                 .map(|s| s.live.records)
                 .unwrap_or(0);
-            if live == 0 {
-                state.segments.remove(&victim);
-            }
-            live
+            let file = (live == 0)
+                .then(|| state.segments.remove(&victim))
+                .flatten()
+                .map(|s| s.file);
+            (live, file)
         };
         if still_live > 0 {
             tracing::error!(
@@ -113,7 +114,7 @@ pub(crate) fn compact(
             );
             continue;
         }
-        super::preparer::retire(shared, victim)?;
+        super::preparer::retire(shared, victim, file)?;
         shared
             .fs
             .sync_dir(&shared.config.dir)

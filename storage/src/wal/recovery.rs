@@ -75,9 +75,9 @@ pub(crate) fn recover(
         }
         index.clear()?;
     }
+    super::preparer::remove_leftovers(config, fs, &names);
     let mut state = recovery.replay(replay_from.as_ref())?;
     state.torn_tail_repaired = recovery.torn_tail_repaired;
-    state.recyclable = super::preparer::adopt_leftovers(config, fs, &names, state.next_lsn);
     if let Some(cp) = &checkpoint {
         if cp.next_lsn > state.next_lsn {
             return Err(StorageError::IndexAheadOfLog {
@@ -159,6 +159,7 @@ impl Recovery<'_> {
             progress_waiters: 0,
             prepared: None,
             recyclable: Vec::new(),
+            activations: Vec::new(),
             compaction_due: false,
             torn_tail_repaired: false,
             counters: WalCounters::default(),

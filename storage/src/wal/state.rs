@@ -309,7 +309,10 @@ pub(crate) struct LogState {
     /// The spare segment file, zero-filled ahead of time by the preparer.
     pub prepared: Option<super::preparer::Prepared>,
     /// Retired segment files kept for reuse as spares (see `wal::preparer`).
-    pub recyclable: Vec<std::path::PathBuf>,
+    pub recyclable: Vec<super::preparer::Recyclable>,
+    /// Segments rolled to whose files the writer has yet to name (see `preparer::Activation`),
+    /// in roll order; the writer takes them with the batch that holds their headers.
+    pub activations: Vec<super::preparer::Activation>,
     /// Set by a roll that found dead sealed segments while fewer retired files wait than are
     /// kept: the maintenance thread compacts at once rather than at its next interval, so the
     /// rolls that follow find files to reuse.

@@ -11,6 +11,7 @@
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::preparer::Activation;
 use super::state::{Chunk, DurableCallback, LogState};
 use super::{lock, Shared};
 use crate::error::StorageError;
@@ -27,7 +28,7 @@ pub(crate) fn run(shared: &Shared) {
     // Whether the last chunk written went direct (a chunk of settles alone goes the same way).
     let mut last_direct = false;
     loop {
-        let (chunks, last_lsn, records, waiting) = {
+        let (chunks, activations, last_lsn, records, waiting) = {
             let mut state = lock(&shared.state);
             while state.pending.is_empty() && !state.closed {
                 state.writer_idle = true;
@@ -51,14 +52,23 @@ pub(crate) fn run(shared: &Shared) {
             state.pending_bytes = 0;
             let records = std::mem::take(&mut state.pending_records);
             let waiting = state.progress_waiters > 0;
-            (chunks, state.pending_last_lsn, records, waiting)
+            // Every roll's header is in the chunks just taken: its activation goes with them. It
+            // stays listed until done, so the preparer does not reuse the spare's name meanwhile.
+            let activations = state.activations.clone();
+            (
+                chunks,
+                activations,
+                state.pending_last_lsn,
+                records,
+                waiting,
+            )
         };
         if waiting {
             shared.progress.notify_all(); // room for more pending bytes
         }
         let bytes: usize = chunks.iter().map(|c| c.own().len()).sum();
         let started = Instant::now();
-        let outcome = write_and_sync(shared, &chunks).map(|written| {
+        let outcome = write_and_sync(shared, &chunks, &activations).map(|written| {
             // The lead of the next chunk of the segment written last. Without it that chunk is
             // written through the page cache, so a failed read-back costs only speed.
             let tail = chunks.last().filter(|c| c.file.direct()).and_then(|c| match c.tail() {
@@ -78,6 +88,7 @@ pub(crate) fn run(shared: &Shared) {
         let waiting = {
             let mut state = lock(&shared.state);
             state.inflight = Arc::new(Vec::new());
+            state.activations.drain(..activations.len());
             match outcome {
                 Ok((written, tail)) => {
                     state.durable_lsn = last_lsn;
@@ -107,6 +118,9 @@ pub(crate) fn run(shared: &Shared) {
         };
         if waiting {
             shared.progress.notify_all();
+        }
+        if !activations.is_empty() {
+            shared.prepare_wake.notify_one(); // the spare's name is free again
         }
         for (_, callback) in callbacks {
             match failed_action {
@@ -171,8 +185,13 @@ struct Written {
     buffered: u64,
 }
 
-/// Writes every chunk, then syncs every segment written.
-fn write_and_sync(shared: &Shared, chunks: &[Chunk]) -> Result<Written, &'static str> {
+/// Writes every chunk, syncs every segment written, then names the segments rolled to (see
+/// `preparer::Activation`) and syncs the directory once if there were any.
+fn write_and_sync(
+    shared: &Shared,
+    chunks: &[Chunk],
+    activations: &[Activation],
+) -> Result<Written, &'static str> {
     let mut written = Written {
         syncs: 0,
         direct: 0,
@@ -201,6 +220,21 @@ fn write_and_sync(shared: &Shared, chunks: &[Chunk]) -> Result<Written, &'static
         }
         written.syncs += 1;
         last_synced = Some(chunk.segment);
+    }
+    for activation in activations {
+        debug_assert!(chunks.iter().any(|c| c.segment == activation.segment));
+        if let Err(error) = shared.fs.rename(&activation.from, &activation.to) {
+            tracing::error!(segment = activation.segment.0, %error, from = %activation.from.display(),
+                "naming a new log segment failed; the log is poisoned");
+            return Err("rename");
+        }
+    }
+    if !activations.is_empty() {
+        if let Err(error) = shared.fs.sync_dir(&shared.config.dir) {
+            tracing::error!(%error, dir = %shared.config.dir.display(),
+                "syncing the log directory failed; the log is poisoned");
+            return Err("directory sync");
+        }
     }
     Ok(written)
 }
