@@ -99,62 +99,78 @@ fn a_failed_fsync_poisons_the_log_and_loses_nothing_synced() {
     }
 }
 
-/// A roll onto a retired segment's file only takes it: the header's sync, the rename to the
-/// segment's name and the directory sync are the log writer's, done with the batch that carries
-/// the header, before that batch is reported durable. (Done by the roll, they stalled the
-/// appending thread, a broker's whole runtime, with the log's lock held.) So a disk that fails
-/// its next sync fails that batch, and the log is poisoned; the append that rolled succeeds.
+/// A roll only takes a file (a retired segment's, already open) or creates and allocates one
+/// (under a temporary name); the header's sync, the rename to the segment's name and the
+/// directory sync are the log writer's, done with the batch that carries the header, before
+/// that batch is reported durable. (Done by the roll, they stalled the appending thread, a
+/// broker's whole runtime, with the log's lock held.) So a disk that fails its next sync fails
+/// that batch, and the log is poisoned; the append that rolled succeeds.
 #[test]
 fn a_roll_leaves_the_disk_to_the_writer_and_a_failed_sync_fails_its_batch() {
-    let mut log = SimLog::open(13, small_config("/data"));
-    let mut seq = 0;
-    for _ in 0..60 {
-        log.wal().append(Q, seq, &payload(1, seq, 300)).unwrap();
-        seq += 1;
-    }
-    log.wal().delete_range(Q, 0, seq).unwrap();
-    log.wal().sync().unwrap();
-    log.wal().compact_all().unwrap();
-    assert!(log.wal().stats().reserve_files > 0, "retired files wait");
-    // Fill the active segment until a 2000-byte record (2048 framed, 48 for the seal) no longer
-    // fits in it; 300-byte ones still do.
-    let segment_bytes = log.config.segment_bytes_max;
-    let last = loop {
-        let receipt = log.wal().append(Q, seq, &payload(1, seq, 300)).unwrap();
-        seq += 1;
-        let location = receipt.location;
-        if location.offset + u64::from(location.frame_bytes) > segment_bytes - 2096 {
-            break location;
+    for reuse in [true, false] {
+        let mut log = SimLog::open(13, small_config("/data"));
+        let mut seq = 0;
+        if reuse {
+            for _ in 0..60 {
+                log.wal().append(Q, seq, &payload(1, seq, 300)).unwrap();
+                seq += 1;
+            }
+            log.wal().delete_range(Q, 0, seq).unwrap();
+            log.wal().sync().unwrap();
+            log.wal().compact_all().unwrap();
+            assert!(log.wal().stats().reserve_files > 0, "retired files wait");
         }
-    };
-    log.wal().sync().unwrap();
-    let expected = contents(log.wal(), &[1]);
-    let dir_syncs = log.fs.counters().dir_syncs;
-    log.fs.fail_next_sync();
-    let receipt = log
-        .wal()
-        .append(Q, seq, &payload(1, seq, 2000))
-        .expect("the roll waits on no disk operation");
-    assert_eq!(receipt.location.segment.0, last.segment.0 + 1, "it rolled");
-    let error = log.wal().wait_durable(receipt.lsn).unwrap_err();
-    assert!(matches!(error, StorageError::Poisoned { .. }), "{error}");
-    assert_eq!(
-        log.fs.counters().dir_syncs,
-        dir_syncs,
-        "the new segment is not named before its batch is synced"
-    );
-    // The file never got the segment's name: the reopened log ends where the last sync left
-    // it, and removes the file rather than reusing it.
-    log.crash();
-    log.reopen();
-    assert_eq!(contents(log.wal(), &[1]), expected);
-    let names = log.fs.list(std::path::Path::new("/data")).unwrap();
-    assert!(
-        names.iter().all(|name| !name.ends_with(".free")),
-        "{names:?}"
-    );
-    let receipt = log.wal().append(Q, seq, &payload(1, seq, 2000)).unwrap();
-    log.wal().wait_durable(receipt.lsn).unwrap();
+        // Fill the active segment until a 2000-byte record (2048 framed, 48 for the seal) no
+        // longer fits in it; 300-byte ones still do.
+        let segment_bytes = log.config.segment_bytes_max;
+        let last = loop {
+            let receipt = log.wal().append(Q, seq, &payload(1, seq, 300)).unwrap();
+            seq += 1;
+            let location = receipt.location;
+            if location.offset + u64::from(location.frame_bytes) > segment_bytes - 2096 {
+                break location;
+            }
+        };
+        log.wal().sync().unwrap();
+        let expected = contents(log.wal(), &[1]);
+        let dir_syncs = log.fs.counters().dir_syncs;
+        log.fs.fail_next_sync();
+        let receipt = log
+            .wal()
+            .append(Q, seq, &payload(1, seq, 2000))
+            .expect("the roll waits on no disk operation");
+        assert_eq!(receipt.location.segment.0, last.segment.0 + 1, "it rolled");
+        let error = log.wal().wait_durable(receipt.lsn).unwrap_err();
+        assert!(matches!(error, StorageError::Poisoned { .. }), "{error}");
+        assert_eq!(
+            log.fs.counters().dir_syncs,
+            dir_syncs,
+            "the new segment is not named before its batch is synced"
+        );
+        let segment_name = format!("{:020}.wal", receipt.location.segment.0);
+        let names = log.fs.list(std::path::Path::new("/data")).unwrap();
+        assert!(!names.contains(&segment_name), "reuse {reuse}: {names:?}");
+        if !reuse {
+            assert!(
+                names.contains(&format!("{segment_name}.new")),
+                "a new file waits under a temporary name: {names:?}"
+            );
+        }
+        // The file never got the segment's name: the reopened log ends where the last sync
+        // left it, and removes the file rather than reusing it.
+        log.crash();
+        log.reopen();
+        assert_eq!(contents(log.wal(), &[1]), expected, "reuse {reuse}");
+        let names = log.fs.list(std::path::Path::new("/data")).unwrap();
+        assert!(
+            names
+                .iter()
+                .all(|name| !name.ends_with(".free") && !name.ends_with(".new")),
+            "reuse {reuse}: {names:?}"
+        );
+        let receipt = log.wal().append(Q, seq, &payload(1, seq, 2000)).unwrap();
+        log.wal().wait_durable(receipt.lsn).unwrap();
+    }
 }
 
 #[test]

@@ -857,10 +857,10 @@ fn queue_seal(state: &mut LogState, segment: SegmentId, end: u64) {
 }
 
 /// Rolls to the next segment and queues the seal of the one it follows, which the writer writes
-/// with that segment's last records. The new segment's file is a retired or prepared one whose
-/// header is queued here and which the writer names once that is synced (see `preparer`), or a
-/// new file created, headed and named here. ENOSPC (only a new file can meet it) fails the
-/// append that needed the space and leaves everything as it was.
+/// with that segment's last records. The new segment's header is queued here, as the first bytes
+/// of its first chunk, and the writer names its file once that is synced (see `preparer`); the
+/// roll itself waits on no device. ENOSPC (only a new file can meet it, in its allocation) fails
+/// the append that needed the space and leaves everything as it was.
 fn roll_locked(shared: &Shared, state: &mut LogState) -> Result<()> {
     let next = SegmentId(state.active.0 + 1);
     let header = SegmentHeader {
@@ -868,24 +868,15 @@ fn roll_locked(shared: &Shared, state: &mut LogState) -> Result<()> {
         first_lsn: state.next_lsn,
         durable_lsn: state.durable_lsn,
     };
-    let new = preparer::new_segment(shared, state, &header)?;
+    let (file, activation) = preparer::new_segment(shared, state, &header)?;
     shared.prepare_wake.notify_one();
     let (sealed, sealed_len) = (state.active, state.active_len);
     queue_seal(state, sealed, sealed_len);
-    let header_bytes = match new {
-        preparer::NewSegment::Ready { file, header_bytes } => {
-            state.segments.insert(next, state::SegmentState::new(file));
-            header_bytes
-        }
-        preparer::NewSegment::Pending { file, activation } => {
-            state.segments.insert(next, state::SegmentState::new(file));
-            state.activations.push(activation);
-            let bytes = segment::encode_header(&header);
-            pending_chunk(state, next, 0, false).extend_from_slice(&bytes);
-            state.pending_bytes += bytes.len();
-            bytes.len() as u64
-        }
-    };
+    state.segments.insert(next, state::SegmentState::new(file));
+    state.activations.push(activation);
+    let header_bytes = segment::encode_header(&header);
+    pending_chunk(state, next, 0, false).extend_from_slice(&header_bytes);
+    state.pending_bytes += header_bytes.len();
     if state.recyclable.len() < preparer::RECYCLABLE_MAX
         && state
             .segments
@@ -896,7 +887,7 @@ fn roll_locked(shared: &Shared, state: &mut LogState) -> Result<()> {
         shared.maintenance_wake.notify_one();
     }
     state.active = next;
-    state.active_len = header_bytes;
+    state.active_len = header_bytes.len() as u64;
     tracing::debug!(
         segment = next.0,
         first_lsn = header.first_lsn.0,

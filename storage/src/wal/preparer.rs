@@ -12,12 +12,14 @@
 //!    segment's blocks are already written: fdatasync then has no extent conversions to commit.
 //!    It lives under `spare.prep` until a roll takes it. Retired files go first, so zero-filling
 //!    only happens when compaction cannot keep up (a backlog, or the first segments of a new log).
-//! 3. A new file allocated by fallocate (also when preparing failed, for example with ENOSPC).
+//! 3. A new file allocated by fallocate (also when preparing failed, for example with ENOSPC),
+//!    created by the roll under `<segment file name>.new`: the allocation is what may fail with
+//!    ENOSPC, and that must fail the append that needed it, leaving everything as it was.
 //!
-//! The first two are activated by the log writer, not by the roll: the roll (which runs on an
+//! All three are activated by the log writer, not by the roll: the roll (which runs on an
 //! appending thread, under the log's lock) only takes the file, already open (a retired file
-//! keeps the handle its segment had), and queues the segment's header as the first bytes of its
-//! first chunk. The writer writes and syncs that batch, then renames
+//! keeps the handle its segment had; a new one is created and allocated, which waits on no
+//! device), and queues the segment's header as the first bytes of its first chunk. The writer writes and syncs that batch, then renames
 //! the file to the segment's name and syncs the directory, and only then reports the batch
 //! durable ([`Activation`]). So the header is durable before the file has the segment's name (a
 //! crash never leaves a segment-named file with a retired segment's header), and no record in
@@ -25,14 +27,11 @@
 //! sync, the rename and the directory sync stalled every connection of the broker's runtime for
 //! about 0.7 ms per roll, 17 times a second with 64 KiB messages, with the log's lock held.
 //!
-//! At open, spares and retired files a crash or a close left are removed, not reused: a retired
-//! file whose activation a crash interrupted may hold frames of the segment it was becoming,
-//! with LSNs at or above its bound, which a later reuse could mistake for its own (the writes of
-//! a batch reach the disk in no particular order, so not even the header tells). The first rolls
-//! after an open take zero-filled spares instead.
-//!
-//! A new file (3) is activated by the roll itself as before: its allocation is what may fail
-//! with ENOSPC, and that must fail the append that needed it, leaving everything as it was.
+//! At open, spares, new files and retired files a crash or a close left are removed, not
+//! reused: a retired file whose activation a crash interrupted may hold frames of the segment it
+//! was becoming, with LSNs at or above its bound, which a later reuse could mistake for its own
+//! (the writes of a batch reach the disk in no particular order, so not even the header tells).
+//! The first rolls after an open take zero-filled spares instead.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -49,6 +48,8 @@ use crate::segment::{self, SegmentHeader};
 const SUFFIX: &str = ".prep";
 /// File name suffix of a retired segment kept for reuse.
 const RECYCLABLE_SUFFIX: &str = ".free";
+/// File name suffix of a new segment file until the writer names it.
+const NEW_SUFFIX: &str = ".new";
 /// Retired segment files kept for reuse at most; compaction removes the others.
 pub(crate) const RECYCLABLE_MAX: usize = 4;
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
@@ -124,10 +125,9 @@ pub(crate) fn retire(
 /// At open: removes the spares and retired segment files a crash or a close left (see the
 /// module docs for why retired files are not reused across an open).
 pub(crate) fn remove_leftovers(config: &WalConfig, fs: &dyn FileSystem, names: &[String]) {
-    for name in names
-        .iter()
-        .filter(|name| name.ends_with(SUFFIX) || name.ends_with(RECYCLABLE_SUFFIX))
-    {
+    for name in names.iter().filter(|name| {
+        name.ends_with(SUFFIX) || name.ends_with(RECYCLABLE_SUFFIX) || name.ends_with(NEW_SUFFIX)
+    }) {
         let path = config.dir.join(name);
         if let Err(error) = fs.remove(&path) {
             tracing::warn!(path = %path.display(), %error, "could not remove a leftover spare segment");
@@ -203,47 +203,37 @@ pub(crate) struct Activation {
     pub to: PathBuf,
 }
 
-/// The file a roll takes for a new segment.
-pub(crate) enum NewSegment {
-    /// Activated already (a new file); its records start at `header_bytes`.
-    Ready {
-        file: Arc<dyn LogFile>,
-        header_bytes: u64,
-    },
-    /// A retired file or the spare: the caller queues the header at offset 0 and the
-    /// activation for the writer.
-    Pending {
-        file: Arc<dyn LogFile>,
-        activation: Activation,
-    },
-}
-
 /// The file for new segment `header.segment`: a retired segment's file, else the spare, else a
-/// new one (see the module docs). Called by the roll, under the state lock; only a new file
-/// costs it a system call (and waits on the disk).
+/// new one (see the module docs), with what the writer must do to name it. Called by the roll,
+/// under the state lock; only a new file costs it system calls, and none waits on the device.
 pub(crate) fn new_segment(
     shared: &Shared,
     state: &mut LogState,
     header: &SegmentHeader,
-) -> Result<NewSegment> {
+) -> Result<(Arc<dyn LogFile>, Activation)> {
     let (config, fs) = (&shared.config, shared.fs.as_ref());
-    let to = config.segment_path(header.segment);
-    let pending = |file, from| NewSegment::Pending {
-        file,
-        activation: Activation {
-            segment: header.segment,
-            from,
-            to: to.clone(),
-        },
+    let activation = |from| Activation {
+        segment: header.segment,
+        from,
+        to: config.segment_path(header.segment),
     };
     if let Some(Recyclable { path, file }) = state.recyclable.pop() {
-        return Ok(pending(file, path));
+        return Ok((file, activation(path)));
     }
     if let Some(spare) = state.prepared.take() {
-        return Ok(pending(spare.file, spare_path(config)));
+        return Ok((spare.file, activation(spare_path(config))));
     }
-    let (file, header_bytes) = super::create_segment(config, fs, header)?;
-    Ok(NewSegment::Ready { file, header_bytes })
+    let path = config
+        .dir
+        .join(format!("{}{NEW_SUFFIX}", header.segment.file_name()));
+    let file = fs
+        .create(&path)
+        .map_err(|e| StorageError::io("creating segment", &path, e))?;
+    if let Err(error) = file.allocate(config.segment_bytes_max) {
+        let _ = fs.remove(&path);
+        return Err(StorageError::io("preparing segment", &path, error));
+    }
+    Ok((file, activation(path)))
 }
 
 /// The file for the segment a log starts in at open when it has none to append to (a new log):
