@@ -19,13 +19,14 @@
 //! All three are activated by the log writer, not by the roll: the roll (which runs on an
 //! appending thread, under the log's lock) only takes the file, already open (a retired file
 //! keeps the handle its segment had; a new one is created and allocated, which waits on no
-//! device), and queues the segment's header as the first bytes of its first chunk. The writer writes and syncs that batch, then renames
-//! the file to the segment's name and syncs the directory, and only then reports the batch
-//! durable ([`Activation`]). So the header is durable before the file has the segment's name (a
-//! crash never leaves a segment-named file with a retired segment's header), and no record in
-//! the segment is reported durable before the name is. Done by the roll itself, the header's
-//! sync, the rename and the directory sync stalled every connection of the broker's runtime for
-//! about 0.7 ms per roll, 17 times a second with 64 KiB messages, with the log's lock held.
+//! device), and queues the segment's header as the first bytes of its first chunk. The writer
+//! writes and syncs that batch, then renames the file to the segment's name and syncs the
+//! directory, and only then reports the batch durable ([`Activation`]). So the header is
+//! durable before the file has the segment's name (a crash never leaves a segment-named file
+//! with a retired segment's header), and no record in the segment is reported durable before
+//! the name is. Done by the roll itself, the header's sync, the rename and the directory sync
+//! stalled every connection of the broker's runtime for about 0.7 ms per roll, 17 times a
+//! second with 64 KiB messages, with the log's lock held.
 //!
 //! At open, spares, new files and retired files a crash or a close left are removed, not
 //! reused: a retired file whose activation a crash interrupted may hold frames of the segment it
