@@ -114,6 +114,14 @@ pub(crate) fn compact(
             );
             continue;
         }
+        // Only compaction removes segments, one pass at a time: a victim is still there.
+        let Some(file) = file else {
+            tracing::error!(
+                segment = victim.0,
+                "compacted segment already gone; skipped"
+            );
+            continue;
+        };
         super::preparer::retire(shared, victim, file)?;
         shared
             .fs

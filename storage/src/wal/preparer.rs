@@ -84,14 +84,10 @@ pub(crate) struct Recyclable {
     pub file: Arc<dyn LogFile>,
 }
 
-/// Takes segment `segment` (sealed, dead, no longer in the log's state; `file` is its handle if
-/// it was still open) off the log: renamed for reuse if fewer than [`RECYCLABLE_MAX`] wait, else
-/// removed. The caller syncs the directory.
-pub(crate) fn retire(
-    shared: &Shared,
-    segment: SegmentId,
-    file: Option<Arc<dyn LogFile>>,
-) -> Result<()> {
+/// Takes segment `segment` (sealed, dead, no longer in the log's state; `file` is its handle)
+/// off the log: renamed for reuse if fewer than [`RECYCLABLE_MAX`] wait, else removed. The
+/// caller syncs the directory.
+pub(crate) fn retire(shared: &Shared, segment: SegmentId, file: Arc<dyn LogFile>) -> Result<()> {
     let config = &shared.config;
     let path = config.segment_path(segment);
     let keep = {
@@ -109,13 +105,6 @@ pub(crate) fn retire(
         .fs
         .rename(&path, &recyclable)
         .map_err(|e| StorageError::io("retiring a compacted segment", &path, e))?;
-    let file = match file {
-        Some(file) => file,
-        None => shared
-            .fs
-            .open(&recyclable)
-            .map_err(|e| StorageError::io("opening a retired segment", &recyclable, e))?,
-    };
     lock(&shared.state).recyclable.push(Recyclable {
         path: recyclable,
         file,
