@@ -444,6 +444,63 @@ mod tests {
         }
     }
 
+    /// CRC-32 (ISO-HDLC, as zlib's `crc32`) one bit at a time: the definition the log's frames
+    /// are written with, independent of the crate's table and SIMD kernels.
+    fn reference_crc32(parts: &[&[u8]]) -> u32 {
+        let mut crc = !0u32;
+        for byte in parts.iter().flat_map(|p| p.iter()) {
+            crc ^= u32::from(*byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    /// The on-disk format pins the checksum, not the crate: crc32fast picks a kernel by CPU and
+    /// version (SSE, AVX2 or AVX-512 folding; 1.5.6 added the wide ones), and a log written by
+    /// one build is read by the next. Sizes cover every kernel's short and long paths and the
+    /// tails they leave; both the summed-while-framing and the summed-before paths are checked.
+    #[test]
+    fn frame_checksums_are_standard_crc32_for_every_size() {
+        assert_eq!(reference_crc32(&[b"123456789"]), 0xCBF4_3926); // the standard check value
+        let header = RecordHeader {
+            kind: RecordKind::Put,
+            lsn: Lsn(5),
+            durable_lsn: Lsn(4),
+            stream: 2,
+            seq: 3,
+        };
+        for len in [
+            0usize, 1, 15, 16, 63, 64, 65, 127, 128, 255, 256, 257, 1024, 4099, 65_536, 65_559,
+        ] {
+            let body: Vec<u8> = (0..len).map(|i| (i * 131 % 253) as u8).collect();
+            let parts: [&[u8]; 2] = [b"meta", &body];
+            for summed in [false, true] {
+                let mut frame = Vec::new();
+                if summed {
+                    encode_summed(&mut frame, &header, &parts, &payload_crc(&parts));
+                } else {
+                    encode_into(&mut frame, &header, &parts);
+                }
+                let stored = u32::from_le_bytes(frame[8..12].try_into().expect("4 bytes"));
+                let expected = reference_crc32(&[
+                    &frame[0..4],
+                    &frame[12..HEADER_BYTES],
+                    &frame[HEADER_BYTES..HEADER_BYTES + 4 + len],
+                ]);
+                assert_eq!(
+                    stored, expected,
+                    "{len} bytes, summed before framing: {summed}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_payload_summed_before_framing_frames_the_same_bytes() {
         let header = RecordHeader {
