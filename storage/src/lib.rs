@@ -47,6 +47,7 @@
 //!    are durable and a checkpoint no longer points into them.
 
 pub(crate) mod codec;
+pub(crate) mod copy;
 pub mod error;
 pub mod fs;
 pub mod ids;

@@ -168,8 +168,9 @@ fn frame_into(
     out.extend_from_slice(&header.durable_lsn.0.to_le_bytes());
     out.extend_from_slice(&header.stream.to_le_bytes());
     out.extend_from_slice(&header.seq.to_le_bytes());
+    // A frame is written out, not read again soon: large parts skip the cache (see `copy`).
     for part in parts {
-        out.extend_from_slice(part);
+        crate::copy::extend_streaming(out, part);
     }
     out.resize(start + total, 0);
     // `frame_crc`'s order: the length, the rest of the header, then the payload (summed here,
