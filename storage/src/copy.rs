@@ -5,10 +5,11 @@
 //! reads every destination line into the cache (to merge the stores into it) and then leaves
 //! 64 KiB of batch there per message, evicting what the broker reads next: the message's body,
 //! which it sends on to the consumer right after. Streaming stores skip both. At 64 KiB
-//! persistent messages (six interleaved pairs of 8 s runs) the broker used 37 against 45 µs of
-//! CPU per message, 26.4k against 23.0k msg/s (medians; every pair lower in CPU). A copy that
-//! is read soon after is slower this way, so only payloads of [`STREAMING_BYTES_MIN`] or more
-//! take it.
+//! persistent messages, interleaved pairs of 8 s runs (medians of six): 37 against 45 µs of
+//! broker CPU per message and 26.4k against 23.0k msg/s with a first AVX2 version (every pair
+//! lower in CPU); 48 against 54 µs and 20.2k against 18.8k msg/s with this one, in a slower
+//! phase of the VM. A copy that is read soon after is slower this way, so only payloads of
+//! [`STREAMING_BYTES_MIN`] or more take it.
 //!
 //! The standard library has no stable non-temporal copy, hence the one `unsafe` block below:
 //! SSE2 is part of the x86_64 baseline, so no feature detection is needed; elsewhere the copy
