@@ -179,7 +179,9 @@ fn frame_into(
     hasher.update(&out[start..start + 4]);
     hasher.update(&out[start + 12..start + HEADER_BYTES]);
     match payload_crc {
-        None => hasher.update(&out[start + HEADER_BYTES..start + HEADER_BYTES + len]),
+        // From the parts, not from `out`: a large part was copied with streaming stores, so
+        // its copy is not in the cache (summing it there read it back from memory).
+        None => parts.iter().for_each(|part| hasher.update(part)),
         Some(payload) => hasher.combine(payload),
     }
     out[start + 8..start + 12].copy_from_slice(&hasher.finalize().to_le_bytes());
