@@ -13,28 +13,29 @@
 //!
 //! The standard library has no stable non-temporal copy, hence the one `unsafe` block below:
 //! SSE2 is part of the x86_64 baseline, so no feature detection is needed; elsewhere the copy
-//! is an ordinary one.
+//! is an ordinary `extend_from_slice`.
 
 /// Parts from this size on are copied with streaming stores (see the module docs).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) const STREAMING_BYTES_MIN: usize = 16 << 10;
 
 /// Appends `src` to `out`, with streaming stores for the bulk of it when `src` is at least
 /// [`STREAMING_BYTES_MIN`] bytes (on x86_64); exactly `out.extend_from_slice(src)` in effect.
 pub(crate) fn extend_streaming(out: &mut Vec<u8>, src: &[u8]) {
-    if src.len() < STREAMING_BYTES_MIN {
-        out.extend_from_slice(src);
+    #[cfg(target_arch = "x86_64")]
+    if src.len() >= STREAMING_BYTES_MIN {
+        out.reserve(src.len());
+        let at = out.len();
+        copy(&mut out.spare_capacity_mut()[..src.len()], src);
+        // SAFETY: `copy` initialised all `src.len()` bytes of the spare capacity at `at` (the
+        // range it was given), and `reserve` made room for them.
+        #[allow(unsafe_code)]
+        unsafe {
+            out.set_len(at + src.len());
+        }
         return;
     }
-    out.reserve(src.len());
-    let at = out.len();
-    let dst = &mut out.spare_capacity_mut()[..src.len()];
-    copy(dst, src);
-    // SAFETY: `copy` initialised all `src.len()` bytes of the spare capacity at `at`
-    // (`dst` is exactly that range), and `reserve` made room for them.
-    #[allow(unsafe_code)]
-    unsafe {
-        out.set_len(at + src.len());
-    }
+    out.extend_from_slice(src);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -87,13 +88,6 @@ fn copy(dst: &mut [std::mem::MaybeUninit<u8>], src: &[u8]) {
     #[allow(unsafe_code)]
     unsafe {
         _mm_sfence();
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn copy(dst: &mut [std::mem::MaybeUninit<u8>], src: &[u8]) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        d.write(*s);
     }
 }
 
